@@ -1,0 +1,142 @@
+"""Line-numbered JSONL reading and atomic writing, shared by data prep and training.
+
+Every bad row becomes a `RowError` naming file, line and field. Callers choose
+between stopping on the first one (`on_bad_row="error"`, the default) and
+skipping it (`"skip"`): a skipped row is never dropped silently, it lands in
+`Rejects` with its reason, and `Rejects.write()` saves them as `rejects.jsonl`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+# A validator returns a list of (field, problem) pairs; empty means the row is good.
+Validator = Callable[[dict], "list[tuple[str, str]]"]
+
+
+class RowError(ValueError):
+    """A bad input row: `file:line: field: problem`."""
+
+    def __init__(self, path: str | os.PathLike, line: int, field: str, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        super().__init__(f"{Path(path).name}:{line}: {field}: {problem}")
+
+    def as_record(self) -> dict:
+        return {"file": self.path, "line": self.line, "field": self.field, "reason": self.problem}
+
+
+@dataclass
+class Rejects:
+    """Rows skipped under `on_bad_row=skip`, counted by reason and kept for `rejects.jsonl`."""
+
+    records: list[dict] = field(default_factory=list)
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.records:
+            key = r.get("field") or r["reason"]
+            key = f"{key}: {r['reason']}" if r.get("field") else r["reason"]
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_jsonl(path, self.records)
+
+
+def _open_text_lines(path: Path) -> Iterator[bytes]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        yield from f
+
+
+def _reject_nonfinite(value: str):
+    raise ValueError(f"{value} is not a finite number")
+
+
+def parse_line(raw: bytes, path: Path, line_no: int) -> dict:
+    """Decode one JSONL line into a dict or raise a RowError saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RowError(path, line_no, "<line>", f"invalid UTF-8 at byte {e.start}") from None
+    try:
+        # NaN/Infinity are not JSON; Python accepts them by default, we do not.
+        row = json.loads(text, parse_constant=_reject_nonfinite)
+    except ValueError as e:
+        raise RowError(path, line_no, "<line>", f"invalid JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise RowError(path, line_no, "<line>", f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    validate: Validator | None = None,
+    on_bad_row: str = "error",
+    rejects: Rejects | None = None,
+) -> Iterator[tuple[int, dict]]:
+    """Yield `(line_number, row)` for every good row of a JSONL (or .jsonl.gz) file.
+
+    Blank lines are skipped (they are not rows). A bad row raises `RowError` when
+    `on_bad_row == "error"`; with `"skip"` it is added to `rejects` and skipped.
+    """
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    for line_no, raw in enumerate(_open_text_lines(path), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = parse_line(raw, path, line_no)
+            for fld, problem in validate(row) if validate else ():
+                raise RowError(path, line_no, fld, problem)
+        except RowError as err:
+            if on_bad_row == "error":
+                raise
+            if rejects is not None:
+                record = err.as_record()
+                record["raw"] = raw.decode("utf-8", errors="replace").rstrip("\n")
+                rejects.add(record)
+            continue
+        yield line_no, row
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Atomically write rows as JSONL (UTF-8, `ensure_ascii=False` like NeMo-Aligner's scripts)."""
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)

@@ -1,0 +1,132 @@
+"""Supervised fine-tuning on NeMo SFT chat JSONL (torch backend).
+
+Read top to bottom: load rows -> load model/tokenizer (+LoRA) -> tokenise with
+loss masks -> loop over global batches (gradient accumulation over micro-batches)
+-> validate, log, checkpoint -> final checkpoint in `<run dir>/checkpoints/final/`.
+
+The loss of a global batch is the token-level cross-entropy summed over every
+trained token of all its micro-batches divided by the number of those tokens, so
+accumulation 4 x micro-batch 1 gives the same update as 1 x 4 (NeMo-RL's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data_prep.jsonl import Rejects
+from recipes import loop
+from recipes.chat import IGNORE_INDEX, Encoded
+from recipes.data import encode_sft_rows, load_sft, sft_texts
+from recipes.models import apply_lora, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def token_loss_sum(model, batch: list[Encoded], pad_id: int, device, precision) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over trained tokens of a micro-batch, and their count."""
+    input_ids = loop.pad_batch([e.input_ids for e in batch], pad_id).to(device)
+    labels = loop.pad_batch([e.labels for e in batch], IGNORE_INDEX).to(device)
+    attention = loop.pad_batch([[1] * len(e.input_ids) for e in batch], 0).to(device)
+    with loop.autocast(device, precision):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+    # Position t predicts token t+1.
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def n_trained(batch: list[Encoded]) -> int:
+    return sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in batch)
+
+
+@torch.no_grad()
+def validate(model, examples: list[Encoded], cfg, pad_id: int, device) -> dict:
+    model.eval()
+    total, count = 0.0, 0
+    limit = cfg.trainer.limit_val_batches or None
+    batches = loop.micro_batches(list(range(len(examples))), cfg.model.micro_batch_size)[:limit]
+    for idx in batches:
+        loss, n = token_loss_sum(model, [examples[i] for i in idx], pad_id, device, cfg.trainer.precision)
+        total, count = total + float(loss), count + n
+    model.train()
+    return {"val_loss": total / max(count, 1)}
+
+
+def train_step(model, optimizer, examples: list[Encoded], indices: list[int], cfg, pad_id: int, device) -> dict:
+    """One optimizer step over a global batch, accumulating micro-batch gradients."""
+    batch = [examples[i] for i in indices]
+    denom = max(n_trained(batch), 1)  # trained tokens in the *global* batch
+    total, n_tokens = 0.0, 0
+    for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
+        loss, _ = token_loss_sum(model, [batch[i] for i in mb], pad_id, device, cfg.trainer.precision)
+        (loss / denom).backward()
+        total += float(loss.detach())
+        n_tokens += sum(len(batch[i].input_ids) for i in mb)
+    clip = cfg.trainer.gradient_clip_val
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": total / denom, "grad_norm": float(grad_norm), "tokens": n_tokens}
+
+
+def run(cfg, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop.seed_everything(cfg.seed)
+    device = loop.pick_device(cfg.trainer)
+    rejects = Rejects()
+    train_path, val_path = cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path
+    if not train_path:
+        raise ValueError("model.data.train_ds.file_path is required for stage=sft")
+    train_rows = load_sft(train_path, cfg.data, rejects)
+    val_rows = load_sft(val_path, cfg.data, rejects) if val_path else []
+
+    tokenizer = load_tokenizer(cfg.model, sft_texts(train_rows))
+    model = apply_lora(load_model(cfg.model, tokenizer, cfg.seed), cfg.model.peft).to(device)
+    model.train()
+    train, counts = encode_sft_rows(train_rows, train_path, tokenizer, cfg.data, rejects)
+    val = encode_sft_rows(val_rows, val_path, tokenizer, cfg.data, rejects)[0] if val_rows else []
+    if len(rejects):
+        rejects.write(run_dir / "rejects.jsonl")
+        log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
+    if not train:
+        raise ValueError(f"{train_path}: no trainable examples after filtering")
+    log.info("train: %s; validation: %d examples", counts, len(val))
+
+    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
+    if gbs % mbs:
+        raise ValueError(f"model.global_batch_size={gbs} must be a multiple of model.micro_batch_size={mbs}")
+    steps = loop.total_steps(cfg.trainer, len(train), gbs)
+    optimizer = loop.build_optimizer(model, cfg.model.optim)
+    start = 0
+    ckpt = loop.latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        start = loop.load_checkpoint(ckpt, model, optimizer)["step"]
+        log.info("resuming from %s at step %d", ckpt, start)
+    logger = loop.MetricsLogger(run_dir, cfg, resume=ckpt is not None)
+    pad_id = tokenizer.pad_token_id
+
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="sft", disable=not cfg.logger.progress_bar)
+    speed = loop.Throughput()
+    for step in bar:
+        lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)
+        idx = loop.global_batch_indices(step, len(train), gbs, cfg.seed, cfg.data.shuffle)
+        m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
+        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
+        done = step + 1
+        if val and cfg.trainer.val_check_interval and done % cfg.trainer.val_check_interval == 0 and done < steps:
+            m.update(validate(model, val, cfg, pad_id, device))
+        logger.log(m, done)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        if cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0 and done < steps:
+            loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done})
+    if val:
+        logger.log(validate(model, val, cfg, pad_id, device), steps)
+    logger.close()
+    final = loop.save_checkpoint(run_dir, "final", model, tokenizer, merged=cfg.model.peft.save_merged)
+    return final

@@ -1,0 +1,46 @@
+"""Shared test setup: offline hub/wandb, and the ../shared data folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test suite may reach a hub; without HF_HUB_OFFLINE a failed load takes ~50 s.
+for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+               "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}.items():
+    os.environ.setdefault(_k, _v)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RECIPES_SHARED_DIR", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when that data is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared evaluation data); not present on this machine")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+def compose_cfg(*overrides: str):
+    """The run config `python launch.py <overrides>` would get (Hydra compose, struct mode)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recipes.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+# Settings every quick training test uses: the tiny model, no wandb, no progress bar.
+TINY = ("model=tiny", "data=none", "logger.wandb.enabled=false", "logger.progress_bar=false")
