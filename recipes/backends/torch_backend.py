@@ -8,6 +8,10 @@ from pathlib import Path
 # stage name -> module with `run(cfg, run_dir) -> Path` (the final checkpoint or output dir)
 STAGES = {
     "sft": "recipes.sft",
+    "rm": "recipes.rm",
+    "rm_annotate": "recipes.rm_annotate",
+    "dpo": "recipes.dpo",
+    "rpo": "recipes.dpo",  # RPO is the DPO stage with an RPO loss and rewards required
 }
 
 
