@@ -68,4 +68,6 @@ if __name__ == "__main__":
     if error:
         print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
+    if ("--cfg" in sys.argv or "-c" in sys.argv) and "--resolve" not in sys.argv:
+        sys.argv.append("--resolve")  # show the values a run would use, not ${...} interpolations
     main()

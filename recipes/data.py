@@ -37,7 +37,8 @@ def encode_sft_rows(rows, path: str, tokenizer, data_cfg, rejects: Rejects) -> t
         enc = encode_chat(row, tokenizer, data_cfg.prompt_template)
         if len(enc.input_ids) > data_cfg.max_seq_length:
             if data_cfg.overlong == "drop":
-                rejects.add(_reject(path, line, f"{len(enc.input_ids)} tokens > data.max_seq_length={data_cfg.max_seq_length}"))
+                reason = f"longer than data.max_seq_length={data_cfg.max_seq_length}"
+                rejects.add({**_reject(path, line, reason), "tokens": len(enc.input_ids)})
                 continue
             enc = truncate(enc, data_cfg.max_seq_length)
             n_truncated += 1
