@@ -291,6 +291,7 @@ CHOICES = {
     "backend.name": ("torch",),
     "model.dpo.preference_loss": ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"),
     "model.regression.loss_func": ("regression", "regular_bt", "margin_bt", "scaled_bt"),
+    "eval.generator.kind": ("hf", "openai", "nemo"),
 }
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
+
+from data_prep.jsonl import atomic_write_text
 
 # stage name -> module with `run(cfg, run_dir) -> Path` (the final checkpoint or output dir)
 STAGES = {
@@ -12,9 +15,20 @@ STAGES = {
     "rm_annotate": "recipes.rm_annotate",
     "dpo": "recipes.dpo",
     "rpo": "recipes.dpo",  # RPO is the DPO stage with an RPO loss and rewards required
+    "eval": "recipes.evaluate",
 }
+TRAINING_STAGES = ("sft", "rm", "dpo", "rpo")
 
 
 def run(cfg, run_dir: Path) -> Path:
     module = importlib.import_module(STAGES[cfg.stage.name])
-    return module.run(cfg, run_dir)
+    out = module.run(cfg, run_dir)
+    if cfg.stage.name in TRAINING_STAGES:
+        # How the checkpoint renders prompts, so eval hooks and later stages use the same template.
+        meta = {"stage": cfg.stage.name, "prompt_template": cfg.data.prompt_template}
+        atomic_write_text(Path(out) / "recipe.json", json.dumps(meta, indent=1) + "\n")
+        from recipes.evaluate import enabled, run_hooks
+
+        if enabled(cfg):
+            run_hooks(cfg, Path(out), run_dir / "eval")
+    return out

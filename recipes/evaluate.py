@@ -1,0 +1,130 @@
+"""Evaluation hooks: IFEval, MT-Bench and RewardBench on a checkpoint or an endpoint.
+
+`python launch.py stage=eval eval=[ifeval,mt_bench] eval.model=<checkpoint>` runs them
+standalone; `eval=[...]` on a training stage runs them on its final checkpoint. Results
+land in `<run dir>/eval/`: one folder per benchmark plus `results.json` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from data_prep.jsonl import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def enabled(cfg) -> list[str]:
+    return [name for name in ("ifeval", "mt_bench", "reward_bench") if cfg.eval[name].enabled]
+
+
+def checkpoint_template(model_dir: Path | None, default: str) -> str:
+    """The prompt template a checkpoint of ours was trained with (recipe.json), else `default`."""
+    meta = Path(model_dir) / "recipe.json" if model_dir else None
+    if meta is not None and meta.is_file():
+        return json.loads(meta.read_text()).get("prompt_template", default)
+    return default
+
+
+def make_generator(cfg, model_dir: Path | None):
+    """The client that answers benchmark prompts: in-process HF model, OpenAI-compatible, or NeMo."""
+    g = cfg.eval.generator
+    if g.kind == "hf":
+        from eval.hf_client import HFClient
+
+        if model_dir is None:
+            raise ValueError("eval.model must name a checkpoint directory when eval.generator.kind=hf")
+        template = checkpoint_template(model_dir, cfg.data.prompt_template)
+        return HFClient(str(model_dir), template=template, batch_size=g.batch_size, progress=cfg.logger.progress_bar)
+    if not g.base_url:
+        raise ValueError(f"eval.generator.kind={g.kind} needs eval.generator.base_url")
+    from eval.clients import NemoServerClient, OpenAIChatClient
+
+    if g.kind == "openai":
+        if not g.model:
+            raise ValueError("eval.generator.kind=openai needs eval.generator.model (the served model name)")
+        return OpenAIChatClient(g.base_url, g.model, api_key_env=g.api_key_env, concurrency=g.concurrency,
+                                max_retries=g.max_retries, timeout_s=g.timeout_s, progress=cfg.logger.progress_bar)
+    if g.kind == "nemo":
+        return NemoServerClient(g.base_url, batch_size=g.batch_size, max_retries=g.max_retries, timeout_s=g.timeout_s,
+                                progress=cfg.logger.progress_bar)
+    raise ValueError(f"eval.generator.kind must be hf, openai or nemo, got {g.kind!r}")
+
+
+def _ifeval(cfg, generator, out: Path) -> dict:
+    from eval.clients import SamplingParams
+    from eval.ifeval import load_prompts, run_ifeval
+
+    prompts = load_prompts(cfg.eval.ifeval.prompts)
+    if cfg.eval.ifeval.limit:
+        prompts = prompts[: cfg.eval.ifeval.limit]
+    params = SamplingParams(max_new_tokens=cfg.eval.ifeval.max_new_tokens, temperature=0.0)
+    return run_ifeval(generator.generate, prompts, params, out)
+
+
+def _mt_bench(cfg, generator, out: Path, model_id: str) -> dict:
+    from eval.clients import OpenAIChatClient
+    from eval.mt_bench import load_data, run_mt_bench
+
+    j = cfg.eval.mt_bench.judge
+    if not j.base_url:
+        log.warning("MT-Bench skipped: set eval.mt_bench.judge.base_url (an OpenAI-compatible judge endpoint)")
+        return {"skipped": "no judge endpoint (eval.mt_bench.judge.base_url)"}
+    judge = OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env, concurrency=j.concurrency,
+                             progress=cfg.logger.progress_bar)
+    data = load_data(cfg.eval.mt_bench.data)
+    if cfg.eval.mt_bench.limit:
+        data.questions = data.questions[: cfg.eval.mt_bench.limit]
+    return run_mt_bench(generator.generate, judge, out, model_id, data=data,
+                        max_new_tokens=cfg.eval.mt_bench.max_new_tokens)
+
+
+def _reward_bench(cfg, model_dir: Path, out: Path) -> dict:
+    from eval.reward_bench import run_reward_bench
+
+    rb = cfg.eval.reward_bench
+    return run_reward_bench(str(model_dir), rb.data, str(out), list(rb.attribute_weights), rb.batch_size, rb.limit)
+
+
+def run_hooks(cfg, model_dir: Path | None, out_dir: Path) -> dict:
+    """Run every enabled benchmark on `model_dir` (or the configured endpoint); save and return results."""
+    names = enabled(cfg)
+    results: dict = {}
+    generator = None
+    model_id = Path(model_dir).parent.parent.name if model_dir else (cfg.eval.generator.model or "endpoint")
+    for name in names:
+        out = out_dir / name
+        if name == "reward_bench":
+            results[name] = _reward_bench(cfg, model_dir, out)
+            continue
+        generator = generator or make_generator(cfg, model_dir)
+        results[name] = _ifeval(cfg, generator, out) if name == "ifeval" else _mt_bench(cfg, generator, out, model_id)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.md", results_markdown(results))
+    return results
+
+
+def results_markdown(results: dict) -> str:
+    lines = ["| benchmark | metric | value |", "|---|---|---|"]
+    for bench, res in results.items():
+        for key, value in res.items():
+            if isinstance(value, (int, float)):
+                lines.append(f"| {bench} | {key} | {value:.4f} |")
+            elif isinstance(value, str):
+                lines.append(f"| {bench} | {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg, run_dir: Path) -> Path:
+    """stage=eval: benchmarks on `eval.model` (a checkpoint) or the configured endpoint."""
+    if not enabled(cfg):
+        raise ValueError("stage=eval needs at least one benchmark, e.g. eval=[ifeval,mt_bench]")
+    model_dir = Path(cfg.eval.model) if cfg.eval.model else None
+    if model_dir is not None and not model_dir.is_dir():
+        raise FileNotFoundError(f"eval.model: no checkpoint directory at {model_dir}")
+    out = run_dir / "eval"
+    results = run_hooks(cfg, model_dir, out)
+    print(results_markdown(results))
+    return out
