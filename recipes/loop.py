@@ -249,9 +249,10 @@ class Throughput:
 
     def __init__(self):
         self.t = time.perf_counter()
+        self.last_dt = 0.0
 
     def tick(self, n_tokens: int) -> float:
         now = time.perf_counter()
-        rate = n_tokens / max(now - self.t, 1e-9)
+        self.last_dt = max(now - self.t, 1e-9)
         self.t = now
-        return rate
+        return n_tokens / self.last_dt

@@ -117,7 +117,7 @@ def run(cfg, run_dir: Path) -> Path:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)
         idx = loop.global_batch_indices(step, len(train), gbs, cfg.seed, cfg.data.shuffle)
         m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
-        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
+        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
         done = step + 1
         if val and cfg.trainer.val_check_interval and done % cfg.trainer.val_check_interval == 0 and done < steps:
             m.update(validate(model, val, cfg, pad_id, device))
