@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 
 from data_prep.jsonl import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # stage name -> module with `run(cfg, run_dir) -> Path` (the final checkpoint or output dir)
 STAGES = {
@@ -21,6 +24,9 @@ TRAINING_STAGES = ("sft", "rm", "dpo", "rpo")
 
 
 def run(cfg, run_dir: Path) -> Path:
+    if cfg.trainer.devices > 1 or cfg.trainer.num_nodes > 1:
+        log.warning("backend=torch trains on one device; trainer.devices=%d and trainer.num_nodes=%d apply to "
+                    "backend=nemo only", cfg.trainer.devices, cfg.trainer.num_nodes)
     module = importlib.import_module(STAGES[cfg.stage.name])
     out = module.run(cfg, run_dir)
     if cfg.stage.name in TRAINING_STAGES:
