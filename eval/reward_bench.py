@@ -11,6 +11,13 @@ average are reported only when prior-set results are given. docs/reward_bench.md
 has the details and the three reference models this reproduces.
 
     python -m eval.reward_bench score --results FILE [--json] [--prior-sets FILE] [--legacy-xstest]
+    python -m eval.reward_bench run --reward-model DIR --data PATH --output-dir DIR [--limit N] [--weights W]
+    python -m eval.reward_bench run --policy DIR --reference DIR --data PATH --output-dir DIR
+
+`run` scores the rows with a reward model written by stage=rm (attributes weighted into one
+score) or, for a DPO policy, with the implicit reward log pi(y|x) - log pi_ref(y|x), and writes
+per-example `results.jsonl` (what `score` reads), `scores.json` and `scores.md`;
+`run_reward_bench(...)` is the same from Python (the `eval=[reward_bench]` hook).
 
 FILE is per-example JSONL (`subset` plus `chosen_score`/`rejected_score`, or
 `correct`) or one JSON object mapping subset -> accuracy in [0, 1].
@@ -240,6 +247,171 @@ def format_markdown(scores: dict, n_pairs: dict[str, int] | None = None, legacy_
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- inference: run a model over the rows
+# torch and transformers are imported inside these functions: `score` must stay light.
+
+
+def limit_rows(rows: list[dict], limit: int) -> list[dict]:
+    """At most `limit` rows (0 = all), taken round-robin over the subsets in file order, so a
+    small smoke run still spans every subset present. The result keeps the file's order."""
+    if not limit or limit >= len(rows):
+        return list(rows)
+    by_subset: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_subset.setdefault(row["subset"], []).append(i)
+    picked: list[int] = []
+    for k in range(max(len(v) for v in by_subset.values())):
+        for idx in by_subset.values():
+            if k < len(idx) and len(picked) < limit:
+                picked.append(idx[k])
+    return [rows[i] for i in sorted(picked)]
+
+
+def write_run(output_dir: str | Path, results: list[dict]) -> dict:
+    """Write `results.jsonl` (one pair a line, what `score --results` reads), `scores.json` and
+    `scores.md` to output_dir; return the section scores plus `num_pairs` and `results_file`."""
+    from data_prep.jsonl import atomic_write_text, write_jsonl
+
+    out = Path(output_dir)
+    write_jsonl(out / "results.jsonl", results)
+    acc = score_pairs(results)
+    scores = section_scores(acc)
+    n_pairs = dict(Counter(r["subset"] for r in results))
+    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2))
+    atomic_write_text(out / "scores.md", format_markdown(scores, n_pairs) + "\n")
+    return {**scores, "num_pairs": len(results), "results_file": str(out / "results.jsonl")}
+
+
+def _pick_device(device):
+    import torch
+
+    return torch.device(device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run_reward_bench(reward_model_dir, data: str = "allenai/reward-bench", output_dir="reward_bench_out",
+                     weights=None, batch_size: int = 8, limit: int = 0, device=None, precision: str = "auto",
+                     rows: list[dict] | None = None) -> dict:
+    """Score RewardBench with a reward model written by stage=rm; write results and the section table.
+
+    Each pair is rendered as the RM was trained (recipes.reward_model.rm_text: SteerLM system prompt,
+    the prompt as one User turn, the response, `<extra_id_2>`); a response's score is its attributes
+    (A,) @ weights (A,). weights: default the checkpoint's attribute_weights (Nemotron-4-340B-Reward's
+    unless the RM was trained with others); give eval.reward_bench.attribute_weights from the hook.
+    Returns write_run's dict (sections, overall, subsets, num_pairs, results_file).
+    """
+    from recipes.reward_model import load_reward_model, rewards, rm_text, score_texts
+
+    rows = limit_rows(rows if rows is not None else load_rows(data), limit)
+    dev = _pick_device(device)
+    rm, tokenizer, meta = load_reward_model(reward_model_dir, dev)
+    weights = list(weights) if weights is not None else meta["attribute_weights"]
+    texts = [rm_text([("User", r["prompt"])], r[side], meta["system_prompt"]) for r in rows for side in ("chosen", "rejected")]
+    attrs = score_texts(rm, tokenizer, texts, batch_size, meta["max_seq_length"], dev, precision)  # (2N, A)
+    scores = rewards(attrs, weights).view(-1, 2).tolist()  # (N, 2): chosen, rejected
+    names = meta["attribute_names"]
+    keep = [i for i, n in enumerate(names) if n in meta["trained_attributes"]]
+    pairs = attrs.view(-1, 2, attrs.shape[-1]).tolist()
+    results = [
+        {"id": r["id"], "subset": r["subset"], "chosen_score": s[0], "rejected_score": s[1],
+         "chosen_attributes": {names[i]: round(a[0][i], 4) for i in keep},
+         "rejected_attributes": {names[i]: round(a[1][i], 4) for i in keep}}
+        for r, s, a in zip(rows, scores, pairs)
+    ]
+    return write_run(output_dir, results)
+
+
+def _dpo_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of prompt + response in the Nemotron template, labels -100 on the prompt.
+
+    As in NeMo's DPOModelDataset the prompt's own tokenisation marks where the response starts.
+    """
+    from data_prep.schemas import nemotron_prompt, nemotron_response
+
+    head = nemotron_prompt("", [("User", prompt)])
+    n_prompt = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(head + nemotron_response(response), add_special_tokens=False)["input_ids"])[:max_len]
+    return ids, [-100] * min(n_prompt, len(ids)) + ids[n_prompt:]
+
+
+def _sequence_logps(model, examples, pad_id: int, batch_size: int, device, precision: str, average: bool):
+    """Σ (or mean) log π(response tokens) per example, (N,) float32 on the CPU."""
+    import torch
+
+    from recipes import loop
+    from recipes.losses import sequence_logps
+
+    out = torch.empty(len(examples))
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        input_ids = loop.pad_batch([ids for ids, _ in batch], pad_id).to(device)
+        labels = loop.pad_batch([lab for _, lab in batch], -100).to(device)
+        attention = loop.pad_batch([[1] * len(ids) for ids, _ in batch], 0).to(device)
+        with torch.no_grad(), loop.autocast(device, precision):
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+        out[start:start + len(batch)] = sequence_logps(logits, labels, average=average)[0].float().cpu()
+    return out
+
+
+def run_implicit_reward_bench(policy_dir, reference_dir, data: str = "allenai/reward-bench",
+                              output_dir="reward_bench_out", batch_size: int = 8, limit: int = 0,
+                              average: bool = False, max_seq_length: int = 4096, device=None,
+                              precision: str = "auto", rows: list[dict] | None = None) -> dict:
+    """RewardBench with a DPO policy as the reward model: score = log π(y|x) − log π_ref(y|x),
+    summed over the response tokens (mean with `average`), prompts in the Nemotron template with an
+    empty system prompt (the DPO data's format). Same outputs as run_reward_bench."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = limit_rows(rows if rows is not None else load_rows(data), limit)
+    dev = _pick_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = [_dpo_example(tokenizer, r["prompt"], r[side], max_seq_length) for r in rows for side in ("chosen", "rejected")]
+    logps = []
+    for path in (policy_dir, reference_dir):  # one model in memory at a time
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
+        logps.append(_sequence_logps(model, examples, pad_id, batch_size, dev, precision, average))
+        del model
+    scores = (logps[0] - logps[1]).view(-1, 2).tolist()
+    results = [{"id": r["id"], "subset": r["subset"], "chosen_score": s[0], "rejected_score": s[1]}
+               for r, s in zip(rows, scores)]
+    return write_run(output_dir, results)
+
+
+def _run_cli(args) -> int:
+    if bool(args.reward_model) == bool(args.policy) or bool(args.policy) != bool(args.reference):
+        print("error: give --reward-model DIR, or --policy DIR with --reference DIR", file=sys.stderr)
+        return 2
+    try:
+        if args.reward_model:
+            weights = None
+            if args.weights:
+                from data_prep.pairs import parse_weights
+
+                weights = parse_weights(args.weights)
+            scores = run_reward_bench(args.reward_model, args.data, args.output_dir, weights, args.batch_size,
+                                      args.limit, args.device)
+        else:
+            scores = run_implicit_reward_bench(args.policy, args.reference, args.data, args.output_dir,
+                                               args.batch_size, args.limit, args.average_log_probs, device=args.device)
+    except RowError as err:
+        print(f"error: {err.path}:{err.line}: {err.field}: {err.problem}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    missing = missing_subsets(scores["subsets"])
+    if missing:
+        print(f"warning: no results for {len(missing)} subsets; sections average the subsets present "
+              "and a section with none scores 0", file=sys.stderr)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        print(Path(args.output_dir, "scores.md").read_text(), end="")
+        print(f"\n{scores['num_pairs']} pairs; per-example results: {scores['results_file']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.reward_bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +421,22 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--legacy-xstest", action="store_true",
                        help="xstest weights used before 2024-09-10 (should-refuse 250, should-respond 154)")
     score.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    run = sub.add_parser("run", help="score RewardBench rows with a reward model (or a DPO policy) and print the table")
+    run.add_argument("--reward-model", help="a checkpoint directory written by stage=rm")
+    run.add_argument("--policy", help="a DPO policy checkpoint: implicit reward log pi - log pi_ref (needs --reference)")
+    run.add_argument("--reference", help="the DPO reference policy checkpoint")
+    run.add_argument("--data", default="allenai/reward-bench", help="a local JSONL or a hub id, split filtered (default: %(default)s)")
+    run.add_argument("--output-dir", required=True, help="where results.jsonl, scores.json and scores.md go")
+    run.add_argument("--limit", type=int, default=0, help="at most N pairs, round-robin over subsets (default: all)")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--weights", help="attribute weights: nemotron-340b, llama3-70b, or 9 (or 5) numbers "
+                                       "(default: the checkpoint's rm_config.json)")
+    run.add_argument("--average-log-probs", action="store_true", help="policy mode: mean instead of sum over tokens")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run_cli(args)
 
     try:
         acc, n_pairs = read_results(args.results)
