@@ -23,13 +23,15 @@ SCRIPTS = {
     "rm": ("examples/nlp/gpt/train_reward_model.py", "rm"),
     "dpo": ("examples/nlp/gpt/train_gpt_dpo.py", "dpo"),
     "rpo": ("examples/nlp/gpt/train_gpt_dpo.py", "dpo"),  # RPO = the DPO script with an rpo_* loss (§2.4)
+    # SteerLM attribute-conditioned SFT = NeMo-Aligner's SFT on labelled chat rows (steerlm.rst).
+    "steerlm_sft": ("examples/nlp/gpt/train_gpt_sft.py", "sft"),
 }
 STAGES = (*SCRIPTS, "convert")
 
 # The .nemo each script writes at the end of training: <explicit_log_dir>/checkpoints/<exp_manager.name>.nemo
 # (exp_manager.name is megatron_gpt_sft in gpt_sft.yaml, megatron_gpt in training_rm/gpt_dpo.yaml).
 NEMO_FILE = {"sft": "megatron_gpt_sft.nemo", "rm": "megatron_gpt.nemo", "dpo": "megatron_gpt.nemo",
-             "rpo": "megatron_gpt.nemo"}
+             "rpo": "megatron_gpt.nemo", "steerlm_sft": "megatron_gpt_sft.nemo"}
 
 # NeMo-Aligner's trainers validate/save every N steps and also at the last step, but an interval of 0
 # *disables* validation or saving altogether, and validation must divide saving (check_progress in
@@ -258,7 +260,7 @@ def _dpo(cfg, restore: str) -> dict:
     return {**out, **_lora(cfg)}
 
 
-STAGE_OVERRIDES = {"sft": _sft, "rm": _rm, "dpo": _dpo, "rpo": _dpo}
+STAGE_OVERRIDES = {"sft": _sft, "rm": _rm, "dpo": _dpo, "rpo": _dpo, "steerlm_sft": _sft}
 
 
 def _lora(cfg) -> dict:

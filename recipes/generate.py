@@ -1,0 +1,60 @@
+"""stage=generate: answer prompts with a SteerLM model, steered by attribute values.
+
+    python launch.py stage=generate model=hf model.name_or_path=<checkpoint> \\
+        steer.helpfulness=4 steer.verbosity=1 steer.prompts='[Why is the sky blue?]'
+
+Each prompt is rendered with the attribute line (recipes/steerlm.py) and continued until
+`<extra_id_1>`. The values not given come from the checkpoint's steerlm.json (stage=steerlm_sft
+writes it), else from the Nemotron-3-8B-SteerLM model card. The model answers in this process
+(`eval.generator.kind=hf`, the default) or behind a server: `eval.generator.kind=nemo` (NeMo's
+PUT /generate) or `openai` (an OpenAI-compatible `/completions` endpoint; chat completions cannot
+carry the attribute line). Writes `{prompt, attributes, response}` rows to
+`<run dir>/generations.jsonl` (or `steer.output_file`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from data_prep.jsonl import write_jsonl
+from data_prep.schemas import STEERLM_SYSTEM_PROMPT
+from recipes import steerlm
+
+log = logging.getLogger(__name__)
+
+
+def model_dir(cfg) -> Path | None:
+    """The checkpoint to load in process (or to read steerlm.json from when answering through a server)."""
+    m = cfg.model
+    if m.source == "gguf":
+        from recipes.models import converted_gguf_dir
+
+        return converted_gguf_dir(m)
+    if m.source == "tiny":
+        raise ValueError("stage=generate needs a trained model: model=hf model.name_or_path=<checkpoint directory>")
+    return Path(m.name_or_path) if m.name_or_path else None
+
+
+def run(cfg, run_dir: Path) -> Path:
+    from eval.clients import SamplingParams
+    from recipes.evaluate import make_generator
+
+    s = cfg.steer
+    convs = steerlm.load_prompts(s)
+    if not convs:
+        raise ValueError("stage=generate needs prompts: steer.prompts='[...]' or steer.prompts_file=<.jsonl or .txt>")
+    path = model_dir(cfg)
+    if path is None and cfg.eval.generator.kind == "hf":
+        raise ValueError("stage=generate needs model.name_or_path (a checkpoint directory or hub id), "
+                         "or eval.generator.kind=openai|nemo with eval.generator.base_url")
+    spec = steerlm.read_spec(path) if path is not None and path.is_dir() else None
+    values = steerlm.resolve(s, spec)
+    log.info("steering with %s", steerlm.attribute_line(values))
+    client = make_generator(cfg, path)
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+    rows = steerlm.generate(client, convs, values, params, s.system if s.system is not None else STEERLM_SYSTEM_PROMPT)
+    out = Path(s.output_file) if s.output_file else run_dir / "generations.jsonl"
+    write_jsonl(out, rows)
+    log.info("wrote %d generations to %s", len(rows), out)
+    return out
