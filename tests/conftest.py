@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 
 # Nothing in the test suite may reach a hub; without HF_HUB_OFFLINE a failed load takes ~50 s.
+# One intra-op thread: the tests use tiny models, where two OpenMP threads fighting other
+# processes for 2 cores made steps up to 10x slower. Subprocesses inherit it.
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-               "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}.items():
+               "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_k, _v)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RECIPES_SHARED_DIR", REPO.parent / "shared"))
