@@ -1,0 +1,218 @@
+"""Nothing lost: the accounting every data-prep run writes (`report.json`, `rejects.jsonl`).
+
+For every output file the report holds `rows_in`, `rows_out` and `rejected`
+(count per reason), and `rows_in == rows_out + sum(rejected)` always holds
+(`Report.check` asserts it before anything is written). What one "row" is
+depends on the file and is named in its `unit` field:
+
+* `response`  - one input response (a HelpSteer2 line; an SFT/regression line).
+* `prompt`    - one prompt with all its responses (SDG SFT: the best answer;
+                pair files: every pair made from that prompt).
+* `preference row` - one HelpSteer2-Preference line (two regression lines).
+
+`lines` is what the file holds (a pair file may hold several pairs per prompt
+with `all_pairs`; a pairwise reward-model file holds two lines per pair).
+A response dropped inside a prompt that is still used (SDG: too long, empty)
+is listed under `responses_dropped` and in rejects.jsonl with stage `response`.
+Rows that failed validation never reach an output: they are counted under
+`input`, where `rows_in == rows_ok + sum(rejected)`.
+
+Also here: `write_outputs` (builds and writes the files, two processes for big
+runs), `with_overrides` (options for the `convert_*` functions) and `run_cli`
+(one-line errors, exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from data_prep.inputs import DataPrepError
+from data_prep.jsonl import Rejects, RowError, atomic_write_text, write_jsonl
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+@dataclass
+class OutputCount:
+    """The counts of one output file (see the module docstring for `unit`)."""
+
+    unit: str
+    rows_in: int = 0
+    rows_out: int = 0
+    lines: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """Everything report.json says, plus the reject records that go to rejects.jsonl."""
+
+    script: str
+    config: dict
+    inputs: list[str] = field(default_factory=list)
+    input: dict = field(default_factory=lambda: {"rows_in": 0, "rows_ok": 0, "rejected": {}})
+    outputs: dict[str, OutputCount] = field(default_factory=dict)
+    filters: dict = field(default_factory=dict)
+    # Responses dropped inside a prompt that is still used (prompt-unit outputs); not units of any file.
+    responses_dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def add_input(self, n_ok: int, bad: Rejects, first_bad: int = 0) -> None:
+        """Count one source's good rows and the bad rows it added to `bad` since index `first_bad`."""
+        new = bad.records[first_bad:]
+        self.input["rows_ok"] += n_ok
+        self.input["rows_in"] += n_ok + len(new)
+        for r in new:
+            key = f"bad row ({_INDEX.sub('[]', r['field'])})"  # responses[3].text -> responses[].text
+            self.input["rejected"][key] = self.input["rejected"].get(key, 0) + 1
+            self.rejects.append({"stage": "input", **r})
+
+    def output(self, name: str, unit: str) -> OutputCount:
+        return self.outputs.setdefault(name, OutputCount(unit))
+
+    def reject(self, outputs: list[str], reason: str, source: str, lines: list[int], detail: str = "") -> None:
+        """One unit (row or prompt) left out of `outputs` for `reason`: counted there and kept for rejects.jsonl."""
+        for name in outputs:
+            counts = self.outputs[name].rejected
+            counts[reason] = counts.get(reason, 0) + 1
+        record = {"stage": "filter", "outputs": outputs, "file": source, "line": lines[0] if lines else None,
+                  "lines": lines, "reason": reason}
+        if detail:
+            record["detail"] = detail
+        self.rejects.append(record)
+
+    def drop_response(self, reason: str, source: str, line: int, detail: str = "") -> None:
+        """One response left out of a prompt that may still be used (SDG): counted under responses_dropped."""
+        self.responses_dropped[reason] = self.responses_dropped.get(reason, 0) + 1
+        record = {"stage": "response", "outputs": [], "file": source, "line": line, "lines": [line], "reason": reason}
+        if detail:
+            record["detail"] = detail
+        self.rejects.append(record)
+
+    def check(self) -> None:
+        """The accounting identities; a failure here is a bug in a script, never a data problem."""
+        inp = self.input
+        assert inp["rows_in"] == inp["rows_ok"] + sum(inp["rejected"].values()), inp
+        for name, c in self.outputs.items():
+            assert c.rows_in == c.rows_out + sum(c.rejected.values()), (name, asdict(c))
+
+    def as_dict(self) -> dict:
+        """report.json's content (without the reject records themselves, which go to rejects.jsonl)."""
+        return {"script": self.script, "config": self.config, "inputs": self.inputs, "input": self.input,
+                "outputs": {name: asdict(c) for name, c in self.outputs.items()}, "filters": self.filters,
+                "responses_dropped": self.responses_dropped, "notes": self.notes,
+                "rejects_file": "rejects.jsonl", "rejected_total": len(self.rejects)}
+
+    def write(self, out_dir: Path) -> None:
+        """rejects.jsonl, then report.json last: a report.json means the run finished."""
+        self.check()
+        for name, c in self.outputs.items():
+            if c.lines == 0:
+                self.notes.append(f"{name} is empty: NeMo-Aligner's dataset builders cannot load an empty file")
+        write_jsonl(out_dir / "rejects.jsonl", self.rejects, ensure_ascii=True)
+        atomic_write_text(out_dir / "report.json", json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def with_overrides(cfg, overrides: Mapping, what: str):
+    """`cfg` (a dataclass) with `overrides` applied; a nested dataclass field takes a mapping of its own fields.
+
+    Unknown keys are an error (a mistyped option must not be ignored). Mappings from Hydra (DictConfig) work.
+    """
+    names = {f.name for f in fields(cfg)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise DataPrepError(f"unknown {what} option(s): {', '.join(map(str, unknown))} (known: {', '.join(sorted(names))})")
+    changes = {}
+    for key, value in overrides.items():
+        current = getattr(cfg, key)
+        if is_dataclass(current) and isinstance(value, Mapping):
+            value = with_overrides(current, value, f"{what}.{key}")
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") and not is_dataclass(value):
+            value = list(value)  # ListConfig, tuples -> plain lists (report.json must serialise them)
+        changes[key] = value
+    return replace(cfg, **changes)
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run a data-prep `main`; user-facing problems become one `error: ...` line and exit code 2."""
+    try:
+        main(argv)
+    except (RowError, DataPrepError, OSError) as e:  # OSError: missing file, permissions, disk full
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_summary(report: dict, out_dir) -> None:
+    """The counts of report.json in a few lines, for the terminal."""
+    inp = report["input"]
+    print(f"{inp['rows_in']} input rows, {inp['rows_in'] - inp['rows_ok']} bad -> {out_dir}")
+    for name, c in report["outputs"].items():
+        rej = ", ".join(f"{k} {v}" for k, v in c["rejected"].items()) or "none rejected"
+        print(f"  {name}: {c['rows_out']}/{c['rows_in']} {c['unit']} rows ({c['lines']} lines; {rej})")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+
+
+@dataclass
+class Output:
+    """One output file, built when it is written: `build()` returns its rows; `size` estimates the work of
+    building and encoding them (~ bytes; measured: a nested SFT row costs ~1.1x, a flat DPO row ~0.7x)."""
+
+    build: Callable[[], list[dict]]
+    size: int
+
+
+PARALLEL_MIN_BYTES = 20_000_000  # below this, forking costs more than it saves
+
+
+def write_outputs(out_dir: Path, outputs: dict[str, Output], parallel_min_bytes: int | None = None) -> dict[str, int]:
+    """Build and write every output file atomically (ASCII-escaped JSONL); returns the lines of each.
+
+    Building rows and encoding JSON are most of a big run's time and hold the GIL, so above
+    `parallel_min_bytes` a forked child builds and writes about half of the bytes while this process does
+    the rest (2 cores: ~1.6x faster). The child touches nothing shared: it writes its files, sends their
+    line counts through a pipe and leaves with os._exit.
+    """
+    names = sorted(outputs, key=lambda n: -outputs[n].size)
+    threshold = PARALLEL_MIN_BYTES if parallel_min_bytes is None else parallel_min_bytes
+    child: list[str] = []
+    if hasattr(os, "fork") and len(names) > 1 and sum(o.size for o in outputs.values()) >= threshold:
+        load = [0, 0]
+        for n in names:  # greedy balance by estimated bytes
+            side = 0 if load[0] <= load[1] else 1
+            load[side] += outputs[n].size
+            if side:
+                child.append(n)
+    pid = -1
+    if child:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            try:
+                lines = {n: write_jsonl(out_dir / n, outputs[n].build(), ensure_ascii=True) for n in child}
+                os.write(write_fd, json.dumps(lines).encode())
+            except BaseException as e:  # say why, and leave without running the parent's cleanup code
+                os.write(2, f"error: writing {', '.join(child)}: {type(e).__name__}: {e}\n".encode())
+                os._exit(1)
+            os._exit(0)
+        os.close(write_fd)
+    lines = {n: write_jsonl(out_dir / n, outputs[n].build(), ensure_ascii=True) for n in names if n not in child}
+    if pid > 0:
+        with os.fdopen(read_fd, "rb") as f:
+            sent = f.read()
+        if os.waitpid(pid, 0)[1] != 0:
+            raise OSError(f"writing {', '.join(child)} failed (see the message above)")
+        lines.update(json.loads(sent))
+    return {n: lines[n] for n in outputs}
