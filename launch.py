@@ -33,11 +33,31 @@ def run_dir_for(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir).resolve()
 
 
+def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
+    """pipeline=<name>: every stage in <pipeline dir>/<stage>/, then report.md (recipes/pipeline.py)."""
+    from recipes import pipeline
+
+    try:
+        report = pipeline.run(cfg, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", err)
+        sys.exit(f"error: {err}")
+    if not cfg.dry_run:
+        print(f"\nDone: pipeline {cfg.pipeline.name} finished.\n  report: {report}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     problems = validate(cfg)
     if problems:
         sys.exit("config error: " + "; ".join(problems))
+    from recipes import pipeline
+
+    overrides = list(HydraConfig.get().overrides.task)
+    if cfg.pipeline.name and not pipeline.picks_stage(overrides):  # `stage=`/`experiment=` run one stage
+        return run_pipeline(cfg, overrides)
     run_dir = run_dir_for(cfg)
     if cfg.resume and not cfg.exp_manager.explicit_log_dir:
         sys.exit("config error: resume=true needs exp_manager.explicit_log_dir=<the run directory to resume>")
@@ -47,6 +67,8 @@ def main(cfg: DictConfig) -> None:
     loop.save_config(cfg, run_dir)
     if cfg.backend.name == "torch":
         from recipes.backends import torch_backend as backend
+    elif cfg.backend.name == "nemo":
+        from recipes.backends import nemo_backend as backend
     else:  # validate() only lets known backends through
         raise AssertionError(cfg.backend.name)
     try:
@@ -57,6 +79,10 @@ def main(cfg: DictConfig) -> None:
             raise
         log.error("%s", err)
         sys.exit(f"error: {err}")
+    if cfg.backend.name == "nemo" and (cfg.dry_run or cfg.executor.name != "local"):
+        # Printed or submitted, not finished: nemo_backend said what it wrote and where the output will be.
+        print(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
+        return
     print(f"\nDone: {cfg.stage.name} finished.\n  run directory: {run_dir}\n  checkpoint:    {out}")
     metrics = run_dir / "metrics.csv"
     if metrics.exists():

@@ -8,6 +8,10 @@ with a user turn; `generate` returns one reply string per conversation, in order
 - `NemoServerClient`: NeMo's `megatron_gpt_eval.py` text-generation server (`PUT /generate`),
   which takes raw prompt strings, so conversations are rendered with the Nemotron template.
 
+Both (and eval/hf_client.HFClient) also have `complete(prompts, params)`, which continues pre-rendered
+prompt strings (the OpenAI one through `/completions`): SteerLM puts its attribute line inside the
+assistant turn, where no chat-messages API can place it.
+
 Only the standard library talks HTTP, so evaluation adds no dependency. Transient failures
 (408, 429, 5xx, timeouts, refused or reset connections) are retried with exponential backoff.
 """
@@ -170,6 +174,32 @@ class OpenAIChatClient:
         return _map_bounded(lambda c: self._one(c, params), conversations, self.concurrency,
                             f"chat {self.model}", self.progress)
 
+    def _one_text(self, prompt: str, params: SamplingParams) -> str:
+        payload = {"model": self.model, "prompt": prompt, "max_tokens": params.max_new_tokens,
+                   "temperature": params.temperature, "top_p": params.top_p}
+        if params.top_k > 0:
+            payload["top_k"] = params.top_k
+        if params.stop:
+            payload["stop"] = list(params.stop)
+        url = f"{self.base_url}/completions"
+        reply = request_json("POST", url, payload, self._headers(), self.timeout_s, self.max_retries, self.backoff_s)
+        try:
+            choice = reply["choices"][0]
+            text = choice["text"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise GenerationError(f"POST {url}: no choices[0].text in reply: "
+                                  f"{_excerpt(json.dumps(reply).encode())}") from None
+        # The server drops the stop string itself; the newline before <extra_id_1> closes the turn.
+        if choice.get("finish_reason") == "stop" and "<extra_id_1>" in params.stop and text.endswith("\n"):
+            text = text[:-1]
+        return text
+
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[str]:
+        """Continue pre-rendered prompt strings through the text-completions endpoint (`{base_url}/completions`,
+        served by vLLM, TRT-LLM and NIM): for prompts no chat template can express, e.g. SteerLM's."""
+        return _map_bounded(lambda p: self._one_text(p, params), prompts, self.concurrency,
+                            f"completions {self.model}", self.progress)
+
 
 class NemoServerClient:
     """PUT `{url}/generate` on NeMo's text-generation server, `batch_size` prompts per request.
@@ -230,7 +260,10 @@ class NemoServerClient:
         return outs
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
-        prompts = [render_nemotron_prompt(c) for c in conversations]
+        return self.complete([render_nemotron_prompt(c) for c in conversations], params)
+
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[str]:
+        """Continue pre-rendered prompt strings (e.g. a SteerLM prompt ending in its attribute line)."""
         batches = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         results = _map_bounded(lambda b: self._batch(b, params), batches, self.concurrency,
                                "nemo /generate", self.progress, weights=[len(b) for b in batches])

@@ -73,9 +73,12 @@ class HFClient:
         return text
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
+        return self.complete([self.prompt(c) for c in conversations], params)
+
+    def complete(self, prompts: list[str], params: SamplingParams) -> list[str]:
+        """Continue pre-rendered prompt strings (e.g. a SteerLM prompt ending in its attribute line)."""
         if params.temperature > 0:
             torch.manual_seed(self.seed)
-        prompts = [self.prompt(c) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[str | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc="generate", disable=not self.progress)

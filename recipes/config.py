@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from data_prep.schemas import ALL_STEERLM_ATTRIBUTES
+from recipes.backends.nemo_config import CHOICES as NEMO_CHOICES
 from recipes.backends.nemo_config import ExecutorConfig, NemoConfig
 
 
@@ -172,6 +173,24 @@ class StageConfig:
 
 
 @dataclass
+class PrepConfig:
+    """stage=prep_helpsteer2 | prep_sdg. Null values take data_prep's own defaults (docs/data_prep.md)."""
+
+    input: Optional[str] = None  # helpsteer2: hub id (default nvidia/HelpSteer2), split dir or file; sdg: a file
+    output_dir: Optional[str] = None  # default: the run directory
+    only_helpfulness: Optional[bool] = None
+    epochs: Optional[int] = None  # repeat the regression train file (the NeMo recipe uses 2)
+    preference: Optional[bool] = None  # HelpSteer2-Preference input -> Bradley-Terry rows
+    rm_pairs: Optional[bool] = None
+    preset: Optional[str] = None  # sdg: dpo (harsh chosen filter) | rpo (less harsh)
+    weights: Optional[List[float]] = None  # attribute weights -> reward; default Nemotron-4-340B-Reward's
+    val_fraction: Optional[float] = None
+    seed: Optional[int] = None
+    decontaminate: List[str] = field(default_factory=list)  # eval files (MT-Bench, IFEval, RewardBench)
+    tokenizer: Optional[str] = None  # a tokenizer for the data.max_seq_length filter; none skips it
+
+
+@dataclass
 class AnnotateConfig:
     """stage=rm_annotate: score SDG records (or prompt/response rows) with a trained reward model."""
 
@@ -179,6 +198,54 @@ class AnnotateConfig:
     output_file: Optional[str] = None
     reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm
     batch_size: int = 8
+
+
+@dataclass
+class SteerConfig:
+    """stage=generate / experiment=steerlm: the attributes a SteerLM model answers with (recipes/steerlm.py).
+
+    An attribute left null takes the model's default: the checkpoint's steerlm.json (written by
+    stage=steerlm_sft), else the Nemotron-3-8B-SteerLM model card's. At stage=steerlm_sft the values
+    given become the defaults saved in steerlm.json. Attributes are 0-4 integers.
+    """
+
+    vocabulary: str = "auto"  # auto (the checkpoint's, else nemotron3_17) | nemotron3_17 | helpsteer2_5 | steerlm_9
+    # The 17 attributes of Nemotron-3-8B-SteerLM, in its attribute-line order, then its language tag.
+    quality: Optional[int] = None
+    understanding: Optional[int] = None
+    correctness: Optional[int] = None
+    coherence: Optional[int] = None
+    complexity: Optional[int] = None
+    verbosity: Optional[int] = None
+    toxicity: Optional[int] = None
+    humor: Optional[int] = None
+    creativity: Optional[int] = None
+    violence: Optional[int] = None
+    helpfulness: Optional[int] = None
+    not_appropriate: Optional[int] = None
+    hate_speech: Optional[int] = None
+    sexual_content: Optional[int] = None
+    fails_task: Optional[int] = None
+    political_content: Optional[int] = None
+    moral_judgement: Optional[int] = None
+    lang: Optional[str] = None
+    prompts: List[str] = field(default_factory=list)  # prompts given inline: steer.prompts='[Hi,"Why, then?"]'
+    prompts_file: Optional[str] = None  # JSONL of {"prompt"} or SFT chat rows, or a text file (one prompt a line)
+    system: Optional[str] = None  # null: the SteerLM system prompt (NeMo-Aligner common.py)
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    output_file: Optional[str] = None  # stage=generate; default <run dir>/generations.jsonl
+
+
+@dataclass
+class SteerLMExperimentConfig:
+    """experiment=steerlm: annotate -> attribute-conditioned SFT -> generate at two values of one attribute."""
+
+    attribute: str = "verbosity"
+    low: int = 0
+    high: int = 4
+    num_prompts: int = 8  # prompts for the comparison when steer.prompts/prompts_file give none
 
 
 @dataclass
@@ -242,6 +309,57 @@ class EvalConfig:
 
 
 @dataclass
+class SDGGenerateConfig:
+    """stage=sdg_generate: N sampled responses per prompt -> SDG records (docs/sdg_format.md), unscored;
+    stage=rm_annotate then adds attributes and rewards (recipes/sdg_generate.py)."""
+
+    prompts: Optional[str] = None  # a JSONL of {"prompt"} or {"conversations"} rows, or a Hugging Face dataset id
+    split: str = "train"  # hub dataset split
+    prompt_field: str = "prompt"  # hub dataset column holding the prompt text
+    limit: int = 0  # 0 = every prompt (after deduplication)
+    n_responses: int = 2  # responses per prompt: the RM ranks them into pairs
+    max_new_tokens: int = 512
+    temperature: float = 0.7  # > 0 so the responses differ; 0 is greedy (n identical responses)
+    top_p: float = 0.95
+    top_k: int = 0
+    model: Optional[str] = None  # checkpoint directory for generator.kind=hf; null: the configured model (model.*)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    chunk_size: int = 16  # prompts per generate call; each chunk is appended and flushed (the resume unit)
+    output_file: Optional[str] = None  # default <run dir>/generations.jsonl
+
+
+@dataclass
+class PipelineStageConfig:
+    """One stage of a pipeline (conf/pipeline/*.yaml, docs/pipeline.md)."""
+
+    # A launch.py stage (prep_helpsteer2, rm, sdg_generate, rm_annotate, prep_sdg, sft, dpo, rpo, eval), or a
+    # data step run in-process with `args` (convert_helpsteer2, convert_sdg: data_prep's functions; concat).
+    stage: str = "sft"
+    # Hydra overrides of this stage; ${stages:<name>.<output>} is an earlier stage's output path.
+    overrides: List[str] = field(default_factory=list)
+    args: Dict[str, Any] = field(default_factory=dict)  # data steps: keyword arguments (may hold ${stages:...})
+    paper: Optional[str] = None  # the row of the paper's per-stage table it stands for (report.md)
+    evaluate: bool = True  # eval hooks on its checkpoint: IFEval (+ MT-Bench with a judge; RewardBench on an RM)
+
+
+@dataclass
+class PipelineConfig:
+    """pipeline=<preset>: run an ordered list of stages (recipes/pipeline.py). `pipeline.from` (a Python
+    keyword, so added in register_configs) starts at a stage."""
+
+    name: Optional[str] = None  # set by conf/pipeline/<name>.yaml; null: launch.py runs one stage
+    dir: Optional[str] = None  # the pipeline's run directory; null: runs/pipeline/<name>
+    # HF directory of the starting model, ${stages:base.checkpoint}; null: model.name_or_path or the converted GGUF.
+    base: Optional[str] = None
+    # Overrides every stage gets before its own (a preset sets only `pipeline`, so choosing it changes
+    # nothing for single-stage runs).
+    overrides: List[str] = field(default_factory=list)
+    stages: Dict[str, PipelineStageConfig] = field(default_factory=dict)  # run in this order
+    only: Any = None  # a stage name or a list of them: run only these
+    until: Optional[str] = None  # stop after this stage
+
+
+@dataclass
 class BackendConfig:
     name: str = "torch"  # torch (in-process) | nemo (NeMo-Aligner in its container, local or Slurm)
     nemo: NemoConfig = field(default_factory=NemoConfig)
@@ -256,9 +374,14 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     exp_manager: ExpManagerConfig = field(default_factory=ExpManagerConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    steerlm: SteerLMExperimentConfig = field(default_factory=SteerLMExperimentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    sdg: SDGGenerateConfig = field(default_factory=SDGGenerateConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dry_run: bool = False  # print what would run (backend=nemo: the command and sbatch script) and stop
     seed: int = 1234
     resume: bool = False  # continue from the last checkpoint in the run directory
@@ -269,12 +392,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def register_configs() -> None:
     """Register the schema and the `${repo_root:}` resolver (paths of files shipped in the repo)."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
+    schema = OmegaConf.structured(RunConfig)
+    with open_dict(schema.pipeline):
+        schema.pipeline["from"] = None  # pipeline.from=<stage>; `from` cannot be a dataclass field
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="run_schema", node=schema)
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("stages"):
+        # ${stages:sft.checkpoint} is resolved by recipes/pipeline.py once that stage has run; until
+        # then it stays as written (so --cfg job and saved configs show the reference).
+        OmegaConf.register_new_resolver("stages", lambda ref: "${stages:" + str(ref) + "}")
 
 
 # ---------------------------------------------------------------- checks with one-line messages
@@ -288,10 +418,13 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "bf16-mixed", "32"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "logger.wandb.mode": ("offline", "online", "disabled"),
-    "backend.name": ("torch",),
+    "backend.name": ("torch", "nemo"),
     "model.dpo.preference_loss": ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"),
     "model.regression.loss_func": ("regression", "regular_bt", "margin_bt", "scaled_bt"),
     "eval.generator.kind": ("hf", "openai", "nemo"),
+    "sdg.generator.kind": ("hf", "openai", "nemo"),
+    "steer.vocabulary": ("auto", "nemotron3_17", "helpsteer2_5", "steerlm_9"),
+    **NEMO_CHOICES,  # executor.*, backend.nemo.convert.*
 }
 
 
@@ -299,15 +432,17 @@ def validate(cfg) -> list[str]:
     """Semantic checks Hydra's types cannot express; each problem is one line."""
     from omegaconf import OmegaConf
 
-    from recipes.backends.torch_backend import STAGES
+    from recipes.backends import nemo_backend, torch_backend
 
+    # backend=nemo runs NeMo-Aligner's scripts (sft, rm, dpo, rpo) and NeMo's converters (convert).
+    STAGES = nemo_backend.STAGES if cfg.backend.name == "nemo" else torch_backend.STAGES
     problems = []
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             problems.append(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if cfg.stage.name not in STAGES:
-        problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)}")
+        problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)} (backend={cfg.backend.name})")
     if cfg.model.global_batch_size < 1 or cfg.model.micro_batch_size < 1:
         problems.append("model.global_batch_size and model.micro_batch_size must be >= 1")
     return problems

@@ -71,7 +71,7 @@ def test_bad_row_fails_with_file_line_field(tmp_path):
     lines = FIXTURE.read_text().splitlines()
     lines[2] = lines[2].replace('"from": "User"', '"from": "user"')
     bad.write_text("\n".join(lines) + "\n")
-    r = launch("model=tiny", "data=none", f"model.data.train_ds.file_path={bad}",
+    r = launch("stage=sft", "model=tiny", "data=none", f"model.data.train_ds.file_path={bad}",
                f"exp_manager.explicit_log_dir={tmp_path / 'run'}", "logger.wandb.enabled=false")
     assert r.returncode == 1
     assert "train.jsonl:3: conversations[0].from: must be 'User' or 'Assistant', got 'user'" in r.stderr
@@ -79,5 +79,5 @@ def test_bad_row_fails_with_file_line_field(tmp_path):
 
 
 def test_resume_needs_an_explicit_run_dir():
-    r = launch("model=tiny", "resume=true", "logger.wandb.enabled=false")
+    r = launch("stage=sft", "model=tiny", "resume=true", "logger.wandb.enabled=false")
     assert r.returncode == 1 and "resume=true needs exp_manager.explicit_log_dir" in r.stderr

@@ -19,8 +19,14 @@ STAGES = {
     "dpo": "recipes.dpo",
     "rpo": "recipes.dpo",  # RPO is the DPO stage with an RPO loss and rewards required
     "eval": "recipes.evaluate",
+    "prep_helpsteer2": "recipes.prep",
+    "prep_sdg": "recipes.prep",
+    "sdg_generate": "recipes.sdg_generate",  # N responses per prompt -> SDG records for rm_annotate
+    "steerlm_sft": "recipes.steerlm",  # SFT on SteerLM-labelled rows + steerlm.json in the checkpoint
+    "generate": "recipes.generate",  # steerable generation (stage=generate steer.verbosity=...)
+    "steerlm": "recipes.steerlm",  # experiment=steerlm: annotate -> steerlm_sft -> generate -> report
 }
-TRAINING_STAGES = ("sft", "rm", "dpo", "rpo")
+TRAINING_STAGES = ("sft", "rm", "dpo", "rpo", "steerlm_sft")
 
 
 def run(cfg, run_dir: Path) -> Path:

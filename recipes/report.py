@@ -1,0 +1,201 @@
+"""report.md for a pipeline run: per-stage metrics next to the paper's, data counts, and plots.
+
+Written by recipes/pipeline.py after every stage (and at the end) from manifest.json alone, so it can
+be regenerated any time: `python -m recipes.report <pipeline dir>`. Plots are PNGs made with
+matplotlib's Agg backend (no display needed) in `<pipeline dir>/plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from data_prep.jsonl import atomic_write_text, read_jsonl
+
+# Nemotron-4 340B report Table 6 (PAPER_FACTS.md §1.8): MT-Bench (GPT-4-Turbo judge), IFEval
+# prompt-strict and instruction-strict (%), after each alignment stage. A pipeline stage's `paper`
+# key says which row it stands for.
+PAPER_STAGES = {
+    "code_sft": ("Code SFT", 6.79, 46.4, 53.8),
+    "general_sft": ("+ General SFT", 7.99, 61.4, 71.9),
+    "dpo": ("+ DPO", 7.90, 61.7, 72.7),
+    "rpo_1": ("+ RPO iter 1", 8.21, 78.2, 84.5),
+    "rpo_2": ("+ RPO iter 2", 8.31, 79.9, 86.1),
+    "rpo_3": ("+ RPO iter 3 (released)", 8.22, 79.9, 86.1),
+}
+# Nemotron-4-340B-Reward on RewardBench (HelpSteer2 paper Table 3): overall, 0-100 (`paper: reward`).
+PAPER_REWARD_BENCH = 92.0
+
+
+def _fmt(x, scale: float = 1.0, digits: int = 1) -> str:
+    return "" if x is None else f"{x * scale:.{digits}f}"
+
+
+def stage_row(name: str, e: dict) -> dict:
+    """The numbers of one stage that the tables and plots use (None when absent)."""
+    m = e.get("metrics", {})
+    ev, train = m.get("eval", {}), m.get("train", {})
+    ife, mt, rb = ev.get("ifeval", {}), ev.get("mt_bench", {}), ev.get("reward_bench", {})
+    return {
+        "name": name, "stage": e.get("stage"), "status": e.get("status"), "seconds": e.get("seconds"),
+        "cpu_seconds": e.get("cpu_seconds"),
+        "paper": e.get("paper"), "steps": train.get("steps"), "loss_first": train.get("loss_first"),
+        "loss_last": train.get("loss_last"), "val_loss": train.get("val_loss"),
+        "ifeval_p": ife.get("prompt_level_strict"), "ifeval_i": ife.get("instruction_level_strict"),
+        "mt_bench": mt.get("average"),  # eval/mt_bench.py aggregate(): mean judge score, 1-10
+        "reward_bench": rb.get("overall"),
+    }
+
+
+def stage_table(rows: list[dict]) -> list[str]:
+    out = ["| stage | runs | status | time (s) | CPU (s) | steps | train loss (first -> last quarter) | val loss | IFEval P-strict | "
+           "IFEval I-strict | MT-Bench | RewardBench | paper stage | paper MT-Bench | paper IFEval P-strict |",
+           "|" + "---|" * 15]
+    for r in rows:
+        paper = PAPER_STAGES.get(r["paper"] or "")
+        pl, pmt, pif = (paper[0], f"{paper[1]:.2f}", f"{paper[2]:.1f}") if paper else ("", "", "")
+        if r["paper"] == "reward":
+            pl = f"Nemotron-4-340B-Reward (RewardBench {PAPER_REWARD_BENCH})"
+        loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r["loss_first"] is not None else ""
+        out.append(f"| {r['name']} | {r['stage']} | {r['status']} | {_fmt(r['seconds'], digits=0)} | "
+                   f"{_fmt(r['cpu_seconds'], digits=0)} | "
+                   f"{r['steps'] or ''} | {loss} | {_fmt(r['val_loss'], digits=3)} | {_fmt(r['ifeval_p'], 100)} | "
+                   f"{_fmt(r['ifeval_i'], 100)} | {_fmt(r['mt_bench'], digits=2)} | {_fmt(r['reward_bench'])} | "
+                   f"{pl} | {pmt} | {pif} |")
+    return out
+
+
+def data_tables(stages: dict) -> list[str]:
+    """Counts at each filter: generation, annotation, and every data step's report.json."""
+    out = []
+    for name, e in stages.items():
+        data = e.get("metrics", {}).get("data")
+        if not data:
+            continue
+        out += [f"**{name}** ({e.get('stage')})", ""]
+        if "outputs" in data:
+            inp = data.get("input") or {}
+            if inp:
+                bad = ", ".join(f"{k} {v}" for k, v in inp.get("rejected", {}).items()) or "none"
+                out.append(f"input rows {inp.get('rows_in')}, valid {inp.get('rows_ok')} (rejected: {bad})")
+                out.append("")
+            out += ["| file | rows in | rows out | rejected (reason: count) |", "|---|---|---|---|"]
+            for f, c in data["outputs"].items():
+                rej = ", ".join(f"{k}: {v}" for k, v in (c.get("rejected") or {}).items()) or "-"
+                out.append(f"| {f} | {c.get('rows_in')} | {c.get('rows_out')} | {rej} |")
+            if data.get("responses_dropped"):
+                out.append(f"\nresponses dropped inside kept prompts: {data['responses_dropped']}")
+        else:
+            out.append(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in data.items()))
+        out.append("")
+    return out
+
+
+def plot_training(name: str, files: list[str], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for i, f in enumerate(files):
+        if not Path(f).is_file():
+            continue
+        rows = [r for _, r in read_jsonl(f)]
+        tag = f" ({Path(f).parent.name})" if len(files) > 1 else ""
+        for key, style in (("loss", "-"), ("val_loss", "o--")):
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{key}{tag}", markersize=4)
+                drawn = True
+    if drawn:
+        ax.set(title=f"{name}: training", xlabel="optimizer step", ylabel="loss")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
+def plot_evals(rows: list[dict], path: Path) -> bool:
+    """IFEval (and MT-Bench when judged) across stages, with the paper's numbers where a stage maps to one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["ifeval_p"] is not None or r["mt_bench"] is not None]
+    if not rows:
+        return False
+    x = list(range(len(rows)))
+    has_mt = any(r["mt_bench"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_mt else 1, figsize=(10 if has_mt else 6.5, 3.8), squeeze=False)
+    ax = axes[0][0]
+    for key, label in (("ifeval_p", "IFEval prompt-strict"), ("ifeval_i", "IFEval instruction-strict")):
+        ax.plot(x, [None if r[key] is None else 100 * r[key] for r in rows], "o-", label=f"{label} (this run)")
+    paper = [PAPER_STAGES[r["paper"]][2] if r["paper"] in PAPER_STAGES else None for r in rows]
+    if any(p is not None for p in paper):
+        ax.plot(x, paper, "s:", color="grey", label="IFEval prompt-strict (paper, 340B)")
+    ax.set(title="IFEval across stages", ylabel="%", ylim=(0, 100))
+    panels = [ax]
+    if has_mt:
+        ax2 = axes[0][1]
+        ax2.plot(x, [r["mt_bench"] for r in rows], "o-", label="MT-Bench (this run)")
+        ax2.plot(x, [PAPER_STAGES[r["paper"]][1] if r["paper"] in PAPER_STAGES else None for r in rows], "s:",
+                 color="grey", label="MT-Bench (paper, 340B)")
+        ax2.set(title="MT-Bench across stages", ylim=(0, 10))
+        panels.append(ax2)
+    for a in panels:
+        a.set_xticks(x, [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(pdir: Path, manifest: dict) -> Path:
+    """(Re)write <pdir>/report.md and <pdir>/plots/*.png; returns report.md's path."""
+    pdir = Path(pdir)
+    plots = pdir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    stages = manifest.get("stages", {})
+    rows = [stage_row(n, e) for n, e in stages.items()]
+    total = sum(r["seconds"] or 0 for r in rows)
+    cpu = sum(r["cpu_seconds"] or 0 for r in rows)
+    done = sum(r["status"] == "done" for r in rows)
+    lines = [f"# Pipeline `{manifest.get('pipeline')}`", "",
+             f"Directory `{pdir}`, backend `{manifest.get('backend')}`; {done}/{len(rows)} stages done; "
+             f"{total:.0f} s of stage time ({cpu:.0f} CPU s); updated {manifest.get('updated', '')}.", "",
+             "## Stages", "",
+             "IFEval and MT-Bench are on this run's evaluation sets (the demo uses a small hand-written IFEval-format "
+             "set, not Google's 541 prompts), so they are not comparable with the paper's numbers, which are for "
+             "Nemotron-4 340B (report Table 6); those show the direction each stage moved them.", "",
+             *stage_table(rows), ""]
+    images = []
+    if plot_evals(rows, plots / "eval_across_stages.png"):
+        images.append(("Evaluation across stages", "plots/eval_across_stages.png"))
+    for name, e in stages.items():
+        files = e.get("metrics", {}).get("metrics_files")
+        if files and plot_training(name, files, plots / f"train_{name}.png"):
+            images.append((f"{name}: training curve", f"plots/train_{name}.png"))
+    data = data_tables(stages)
+    if data:
+        lines += ["## Data at each filter", "", *data]
+    if images:
+        lines += ["## Plots", ""] + [f"![{t}]({p})" for t, p in images] + [""]
+    failed = [(n, e.get("error")) for n, e in stages.items() if e.get("status") == "failed"]
+    if failed:
+        lines += ["## Failures", ""] + [f"- {n}: {err}" for n, err in failed] + [""]
+    path = pdir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    print(write_report(d, json.loads((d / "manifest.json").read_text())))

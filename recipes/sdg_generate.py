@@ -1,0 +1,195 @@
+"""Synthetic data generation: `python launch.py stage=sdg_generate sdg.prompts=... sdg.n_responses=...`.
+
+Nemotron-4's preference data has several responses per prompt from one or more generator models,
+later ranked by the reward model (report §3.2.3). This stage is the first half of that loop:
+
+    prompts (JSONL or a hub dataset) -> dedup -> N sampled responses each -> SDG records
+    -> stage=rm_annotate (attributes + reward) -> data_prep.sdg (SFT rows, DPO/RPO pairs)
+
+Each output line is an SDG record (docs/sdg_format.md) without scores yet:
+
+    {"id": ..., "prompt": "...", "responses": [{"text": "...", "model": "..."}, ...]}
+
+(`conversations` instead of `prompt` for multi-turn prompts; `system` and `category` are kept.)
+The generator is any client of eval/clients.py, picked by `sdg.generator.kind`: the in-process HF
+model (`sdg.model`, default the configured model), an OpenAI-compatible endpoint, or a NeMo server.
+The HTTP clients retry transient failures themselves.
+
+Resumable: records are appended and flushed chunk by chunk (`sdg.chunk_size` prompts); a rerun
+reads the output, skips the prompts already there and generates the rest. Prompts are
+deduplicated on their normalised text (case and whitespace, as data_prep's dedup does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from data_prep.jsonl import atomic_write_text, read_jsonl
+from data_prep.pairs import PromptGroup
+from data_prep.schemas import ROLES
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- prompts
+def _prompt_problems(row: dict) -> list[tuple[str, str]]:
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        return []
+    convs = row.get("conversations")
+    if isinstance(convs, list) and convs and all(isinstance(t, dict) and t.get("from") in ROLES
+                                                   and isinstance(t.get("value"), str) for t in convs):
+        if convs[-1]["from"] != "User":
+            return [("conversations", "the last turn must be 'User' (the prompt to answer)")]
+        return []
+    return [("prompt", "give a non-empty 'prompt' string or 'conversations' ending with a User turn")]
+
+
+def load_prompts(spec: str, split: str = "train", field: str = "prompt") -> list[dict]:
+    """Prompt rows from a JSONL file, or from a Hugging Face dataset id (column `field`)."""
+    if Path(spec).exists():
+        return [row for _, row in read_jsonl(spec, _prompt_problems)]
+    import datasets  # hub path only: never used by the tests (they run offline)
+
+    ds = datasets.load_dataset(spec, split=split)
+    if field not in ds.column_names:
+        raise ValueError(f"sdg.prompt_field={field!r} is not a column of {spec} (columns: {', '.join(ds.column_names)})")
+    return [{"id": f"{spec}:{i}", "prompt": row[field]} for i, row in enumerate(ds) if isinstance(row[field], str)]
+
+
+def turns_of(row: dict) -> list[tuple[str, str]]:
+    if "prompt" in row:
+        return [("User", row["prompt"])]
+    return [(t["from"], t["value"]) for t in row["conversations"]]
+
+
+def prompt_key(row: dict) -> str:
+    """Normalised system + turns: the same key as data_prep's duplicate-prompt filter."""
+    return PromptGroup("", row.get("system", ""), turns_of(row)).key
+
+
+def dedup(rows: list[dict]) -> tuple[list[dict], int]:
+    seen, out = set(), []
+    for row in rows:
+        key = prompt_key(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out, len(rows) - len(out)
+
+
+def conversation(row: dict) -> list[dict]:
+    """The OpenAI-style messages the clients take."""
+    msgs = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return msgs + [{"role": role.lower(), "content": value} for role, value in turns_of(row)]
+
+
+# ---------------------------------------------------------------- the generator
+def base_checkpoint(model_cfg, convert: bool = True) -> str | None:
+    """The HF directory of the configured model: model.name_or_path, or the converted GGUF
+    (converted on first use unless `convert=False`). None for model.source=tiny (no checkpoint)."""
+    if model_cfg.source == "hf":
+        return model_cfg.name_or_path
+    if model_cfg.source == "gguf":
+        from recipes.models import cache_dir, converted_gguf_dir, gguf_path
+
+        if convert:
+            return str(converted_gguf_dir(model_cfg))
+        return str(cache_dir() / "gguf" / gguf_path(model_cfg).stem)
+    return None
+
+
+def make_client(cfg):
+    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`."""
+    from recipes.evaluate import make_generator
+
+    g = cfg.sdg.generator
+    model_dir = None
+    if g.kind == "hf":
+        model_dir = cfg.sdg.model or base_checkpoint(cfg.model)
+        if not model_dir:
+            raise ValueError("stage=sdg_generate with sdg.generator.kind=hf needs sdg.model (a checkpoint directory)")
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"sdg.model: no checkpoint directory at {model_dir}")
+    gen_cfg = OmegaConf.merge(cfg, {"eval": {"generator": OmegaConf.to_container(g)}})
+    client = make_generator(gen_cfg, Path(model_dir) if model_dir else None)
+    name = g.model if g.kind != "hf" else Path(model_dir).name
+    return client, name or g.kind
+
+
+# ---------------------------------------------------------------- resumable output
+def done_keys(path: Path) -> set[str]:
+    """Prompt keys already in a (possibly interrupted) output; a torn last line is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+    return {prompt_key(row) for _, row in read_jsonl(path)}
+
+
+def record(row: dict, texts: list[str], model: str) -> dict:
+    out = {k: row[k] for k in ("id", "category", "system", "prompt", "conversations") if k in row}
+    out["responses"] = [{"text": t, "model": model} for t in texts]
+    return out
+
+
+def generate_file(rows: list[dict], output: Path, generate, params, n: int, model: str, chunk_size: int = 16,
+                  progress: bool = True) -> dict:
+    """Append one record per prompt of `rows` not yet in `output`; returns counts."""
+    if n < 1:
+        raise ValueError(f"sdg.n_responses must be >= 1, got {n}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys(output)
+    todo = [r for r in rows if prompt_key(r) not in done]
+    stats = {"prompts": len(rows), "already_done": len(rows) - len(todo), "generated": 0, "responses": 0,
+             "empty_responses": 0}
+    bar = tqdm(total=len(todo), desc="sdg", unit="prompt", disable=not progress)
+    with open(output, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), max(chunk_size, 1)):
+            chunk = todo[start:start + max(chunk_size, 1)]
+            # n copies of every prompt in one call: the client batches them, sampling makes them differ.
+            texts = generate([conversation(r) for r in chunk for _ in range(n)], params)
+            if len(texts) != n * len(chunk):
+                raise RuntimeError(f"generator returned {len(texts)} responses for {n * len(chunk)} requests")
+            for i, row in enumerate(chunk):
+                mine = texts[i * n:(i + 1) * n]
+                f.write(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
+                stats["empty_responses"] += sum(not t.strip() for t in mine)
+            f.flush()
+            os.fsync(f.fileno())  # a crash loses at most the chunk being generated
+            stats["generated"] += len(chunk)
+            stats["responses"] += len(texts)
+            bar.update(len(chunk))
+    bar.close()
+    return stats
+
+
+def run(cfg, run_dir: Path) -> Path:
+    from eval.clients import SamplingParams
+
+    s = cfg.sdg
+    if not s.prompts:
+        raise ValueError("stage=sdg_generate needs sdg.prompts (a JSONL of prompts, or a Hugging Face dataset id)")
+    output = Path(s.output_file) if s.output_file else Path(run_dir) / "generations.jsonl"
+    rows, dropped = dedup(load_prompts(s.prompts, s.split, s.prompt_field))  # a bad row: RowError (a ValueError)
+    if s.limit:
+        rows = rows[: s.limit]
+    if not rows:
+        raise ValueError(f"sdg.prompts={s.prompts}: no prompts")
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    client, model = make_client(cfg)
+    stats = generate_file(rows, output, client.generate, params, s.n_responses, model, s.chunk_size,
+                          cfg.logger.progress_bar)
+    stats["duplicates_dropped"] = dropped
+    atomic_write_text(Path(run_dir) / "sdg_stats.json", json.dumps(stats, indent=1) + "\n")
+    log.info("sdg: %d prompts (%d duplicates dropped, %d already done), %d responses -> %s", len(rows), dropped,
+             stats["already_done"], stats["responses"], output)
+    return output

@@ -1,0 +1,226 @@
+"""The pipeline runner: pipeline=demo end to end on the tiny model, killed and resumed, re-run unchanged,
+re-run after a change, the dry-run plan, manifest.json and report.md; plus selectors and references."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from recipes import pipeline
+from tests.conftest import REPO, TINY, compose_cfg
+from tests.test_sdg_generate import make_tiny_checkpoint
+
+STAGES = ["rm_data", "rm", "baseline", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1", "rpo_2"]
+# The demo preset on the tiny model, every stage shortened.
+SHORT = ("pipeline=demo", *TINY, "trainer.max_steps=2", "sdg.n_responses=2", "sdg.max_new_tokens=6",
+         "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4")
+
+
+def run(pdir, base, *extra, change=None):
+    overrides = [*SHORT, f"pipeline.dir={pdir}", f"pipeline.base={base}", *extra]
+    cfg = compose_cfg(*overrides)
+    if change:
+        change(cfg)
+    return pipeline.run(cfg, overrides)
+
+
+def manifest(pdir):
+    return json.loads((pdir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """One pipeline directory through four runs: killed in dpo, resumed, re-run, re-run with rpo_1 changed."""
+    root = tmp_path_factory.mktemp("pipeline")
+    base, pdir = make_tiny_checkpoint(root / "tiny-base"), root / "demo"
+    real_execute = pipeline.execute
+
+    def killed_in_dpo(job, action):
+        if job.name == "dpo":
+            (job.dir / "partial").mkdir(parents=True)  # it had started
+            raise KeyboardInterrupt  # what Ctrl-C (or a kill the runner could see) leaves
+        return real_execute(job, action)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pipeline, "execute", killed_in_dpo)
+    with pytest.raises(KeyboardInterrupt):
+        run(pdir, base)
+    mp.undo()
+    h = {"pdir": pdir, "base": base, "killed": manifest(pdir)}
+    h["report"] = run(pdir, base)
+    h["resumed"] = manifest(pdir)
+    run(pdir, base)
+    h["rerun"] = manifest(pdir)
+
+    def stronger_beta(cfg):
+        cfg.pipeline.stages.rpo_1.overrides.append("model.dpo.ref_policy_kl_penalty=0.3")
+
+    run(pdir, base, change=stronger_beta)
+    h["changed"] = manifest(pdir)
+    run(pdir, base, "eval.ifeval.limit=3", change=stronger_beta)
+    h["eval_changed"] = manifest(pdir)
+    return h
+
+
+def test_killed_stage_is_recorded_and_resumed_others_skipped_identical(history):
+    killed, resumed = history["killed"]["stages"], history["resumed"]["stages"]
+    before = STAGES[:STAGES.index("dpo")]
+    assert [killed[n]["status"] for n in STAGES] == ["done"] * len(before) + ["failed", "pending", "pending"]
+    assert killed["dpo"]["error"].startswith("KeyboardInterrupt")
+    for name in before:  # skipped: same run, same outputs (content hashes)
+        assert resumed[name]["finished"] == killed[name]["finished"] and resumed[name]["attempts"] == 1
+        assert resumed[name]["outputs"] == killed[name]["outputs"]
+    assert resumed["dpo"]["resumed"] is True and resumed["dpo"]["attempts"] == 2
+    assert (history["pdir"] / "dpo" / "partial").is_dir()  # resumed in place, not wiped
+    assert all(resumed[n]["status"] == "done" for n in STAGES)
+    # The content hashes in the manifest are the files' own.
+    hashes = {}
+    for name in ("sft", "pref_data"):
+        for out in resumed[name]["outputs"].values():
+            if out["hash"]:
+                assert pipeline.content_hash(out["path"], hashes) == out["hash"]
+
+
+def test_rerun_skips_every_finished_stage(history):
+    resumed, rerun = history["resumed"]["stages"], history["rerun"]["stages"]
+    for name in STAGES:
+        assert rerun[name]["finished"] == resumed[name]["finished"], name
+        assert rerun[name]["outputs"] == resumed[name]["outputs"], name
+
+
+def test_changed_stage_reruns_with_those_after_it_only(history):
+    rerun, changed = history["rerun"]["stages"], history["changed"]["stages"]
+    again = [n for n in STAGES if changed[n]["finished"] != rerun[n]["finished"]]
+    assert again == ["rpo_1", "rpo_2"]
+    assert changed["rpo_1"]["config_hash"] != rerun["rpo_1"]["config_hash"]
+    assert changed["rpo_2"]["config_hash"] == rerun["rpo_2"]["config_hash"]  # re-run for its new input
+    assert changed["rpo_2"]["inputs"] != rerun["rpo_2"]["inputs"]
+    assert "model.dpo.ref_policy_kl_penalty=0.3" in changed["rpo_1"]["overrides"]
+
+
+def test_changed_eval_settings_rerun_only_the_hooks(history):
+    changed, ev = history["changed"]["stages"], history["eval_changed"]["stages"]
+    assert [n for n in STAGES if ev[n]["finished"] != changed[n]["finished"]] == ["baseline", "sft", "dpo", "rpo_1",
+                                                                                "rpo_2"]
+    assert ev["rm"] == changed["rm"]  # its hook (RewardBench) does not read the IFEval settings
+    for name in ("sft", "dpo", "rpo_1", "rpo_2"):
+        assert ev[name]["outputs"] == changed[name]["outputs"]  # the checkpoints were not retrained
+        assert ev[name]["metrics"]["eval"]["ifeval"]["n_prompts"] == 3
+        assert ev[name]["metrics"]["train"] == changed[name]["metrics"]["train"]
+
+
+def test_manifest_records_config_inputs_outputs_timings_metrics(history):
+    m = history["resumed"]
+    assert m["pipeline"] == "demo" and m["backend"] == "torch" and list(m["stages"]) == STAGES
+    s = m["stages"]
+    for name in STAGES:
+        e = s[name]
+        assert e["status"] == "done" and len(e["config_hash"]) == 32 and e["seconds"] >= 0 and e["cpu_seconds"] >= 0
+        assert e["started"] <= e["finished"]
+        assert os.path.exists(e["outputs"]["output"]["path"])
+    # Outputs become inputs by name: the RM checkpoint feeds annotation, SFT feeds DPO, DPO feeds RPO.
+    assert s["rm"]["outputs"]["checkpoint"]["path"] in s["annotate"]["inputs"]
+    assert s["annotate"]["inputs"][s["rm"]["outputs"]["checkpoint"]["path"]] == s["rm"]["outputs"]["checkpoint"]["hash"]
+    assert f"model.name_or_path={s['sft']['outputs']['checkpoint']['path']}" in s["dpo"]["overrides"]
+    assert f"model.name_or_path={s['dpo']['outputs']['checkpoint']['path']}" in s["rpo_1"]["overrides"]
+    assert f"model.name_or_path={s['rpo_1']['outputs']['checkpoint']['path']}" in s["rpo_2"]["overrides"]
+    assert s["pref_data"]["outputs"]["train_dpo"]["path"] in s["rpo_2"]["inputs"]
+    # Eval after each stage: IFEval on the policies, RewardBench on the RM.
+    for name in ("baseline", "sft", "dpo", "rpo_1", "rpo_2"):
+        assert s[name]["metrics"]["eval"]["ifeval"]["n_prompts"] == 4
+    assert "overall" in s["rm"]["metrics"]["eval"]["reward_bench"]
+    assert s["sft"]["metrics"]["train"]["steps"] == 2 and "val_loss" in s["sft"]["metrics"]["train"]
+    assert s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 1
+    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == 12
+
+
+def test_report_has_table_paper_numbers_counts_and_plots(history):
+    pdir = history["pdir"]
+    assert history["report"] == pdir / "report.md"
+    text = history["report"].read_text()
+    assert "| stage | runs | status |" in text and "| IFEval P-strict |" in text.replace(" IFEval I-strict |", "")
+    assert "| sft | sft | done |" in text and "| + General SFT | 7.99 | 61.4 |" in text
+    assert "| + RPO iter 2 | 8.31 | 79.9 |" in text and "RewardBench 92.0" in text
+    assert "## Data at each filter" in text and "| train_dpo.jsonl | 12 |" in text
+    for png in ("eval_across_stages.png", "train_rm.png", "train_sft.png", "train_dpo.png", "train_rpo_2.png"):
+        assert (pdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{png})" in text
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(history, capsys):
+    pdir = history["pdir"]
+    before = (pdir / "manifest.json").read_bytes()
+    plan = lambda out: {line.split()[1]: line for line in out.splitlines() if line[:4].strip().rstrip(".").isdigit()}  # noqa: E731
+    run(pdir, history["base"], "dry_run=true", "pipeline.only=[sft,rpo_2]")  # the last run had eval.ifeval.limit=3
+    lines = plan(capsys.readouterr().out)
+    assert " eval " in lines["sft"] and "eval settings changed" in lines["sft"] and "not selected" in lines["dpo"]
+    assert "eval settings changed" in lines["rpo_2"]  # it reads rpo_1's output, which is unchanged since
+    run(pdir, history["base"], "dry_run=true", "pipeline.from=sft", "eval.ifeval.limit=3",
+        "model.dpo.sft_loss_weight=0.5")
+    out = capsys.readouterr().out
+    assert (pdir / "manifest.json").read_bytes() == before
+    lines = plan(out)
+    assert "not selected" in lines["rm"] and "not selected" in lines["sdg"]
+    assert " skip " in lines["sft"] and "config changed" in lines["dpo"]
+    assert "an input stage runs first" in lines["rpo_1"]
+    assert f"model.name_or_path={pdir / 'sft' / 'checkpoints' / 'final'}" in out  # resolved overrides
+
+
+def test_select_only_from_until():
+    names = ["a", "b", "c", "d"]
+    sel = lambda **kw: pipeline.select(names, OmegaConf.create({"only": None, "until": None, "from": None, **kw}))  # noqa: E731
+    assert sel() == names
+    assert sel(only="c") == ["c"] and sel(only=["d", "a"]) == ["a", "d"]
+    assert sel(**{"from": "b"}) == ["b", "c", "d"] and sel(until="b") == ["a", "b"]
+    assert sel(**{"from": "b", "until": "c"}) == ["b", "c"]
+    with pytest.raises(ValueError, match=r"pipeline.until=e: no such stage \(stages: a, b, c, d\)"):
+        sel(until="e")
+
+
+def test_references_resolve_to_outputs_or_fail_in_one_line():
+    known = {"base": {"checkpoint": "/m"}, "sft": {"dir": "/p/sft", "output": "/p/sft/ck", "checkpoint": "/p/sft/ck"},
+             "prep": {"dir": "/p/prep", "*": "/p/prep"}}
+    deps = []
+    got = pipeline.resolve_refs(["a=${stages:sft.checkpoint}", "b=${stages:prep.train_dpo}", "c=${stages:base.checkpoint}"],
+                                known, deps)
+    assert got == ["a=/p/sft/ck", "b=/p/prep/train_dpo.jsonl", "c=/m"] and deps == ["sft", "prep"]
+    with pytest.raises(ValueError, match=r"no earlier stage 'dpo'"):
+        pipeline.resolve_refs("x=${stages:dpo.checkpoint}", known, [])
+    with pytest.raises(ValueError, match=r"stage sft has no output 'weights' \(outputs: dir, output, checkpoint\)"):
+        pipeline.resolve_refs("x=${stages:sft.weights}", known, [])
+
+
+def test_launch_picks_pipeline_or_stage():
+    assert not pipeline.picks_stage(["pipeline=demo", "model=tiny", "pipeline.only=sft"])
+    assert pipeline.picks_stage(["stage=dpo"]) and pipeline.picks_stage(["+experiment=nemotron4_340b/rm"])
+
+
+@pytest.mark.skipif(not (REPO / "conf" / "backend" / "nemo.yaml").exists(), reason="backend=nemo not in this tree")
+def test_nemotron4_preset_plans_nemo_commands(tmp_path, capsys):
+    overrides = ["pipeline=nemotron4", "backend=nemo", "executor=slurm", "dry_run=true", f"pipeline.dir={tmp_path}",
+                 "model.name_or_path=/models/Nemotron-4-340B-Base"]
+    pipeline.run(compose_cfg(*overrides), overrides)
+    out = capsys.readouterr().out
+    assert not (tmp_path / "manifest.json").exists()
+    for name in ("rm_data", "rm", "sdg", "annotate", "dpo_data", "rpo_data", "code_sft", "general_sft", "dpo",
+                 "rpo_1", "rpo_2", "rpo_3", "final_eval"):
+        assert f" {name} " in out
+    assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_reward_model.py" in out
+    assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_gpt_dpo.py" in out
+    # Each stage starts from the previous one's .nemo.
+    assert f"model.name_or_path={tmp_path}/rpo_1/checkpoints/megatron_gpt.nemo" in out
+
+
+def test_launch_runs_the_pipeline_dry(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "pipeline=demo", "model=tiny", "dry_run=true",
+                        f"pipeline.dir={tmp_path}", f"pipeline.base={tmp_path}"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pipeline demo: plan (dry_run: nothing runs)" in r.stdout and " rpo_2 " in r.stdout
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "pipeline=demo", "pipeline.until=rpo_9",
+                        "dry_run=true"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 1 and "pipeline.until=rpo_9: no such stage" in r.stderr and "Traceback" not in r.stderr
