@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -37,10 +36,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from data_prep.jsonl import atomic_write_text, read_jsonl
+from data_prep.jsonl import atomic_write_text
 from recipes.config import REPO_ROOT
 
-log = logging.getLogger(__name__)
 
 DATA_STEPS = ("convert_helpsteer2", "convert_sdg", "concat")  # in-process, configured by `args`
 PREP_STAGES = ("prep_helpsteer2", "prep_sdg")  # launch.py stages whose outputs are files in one directory
@@ -264,7 +262,8 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
     raw = list(spec.get("overrides") or [])
     plain = [o for o in raw if "${stages:" not in o]
     wiring = [_quote(o) for o in resolve_refs([o for o in raw if "${stages:" in o], known, deps)]
-    passed = [o for o in cli if _key(o) not in (*RUNNER_KEYS, "stage", "experiment") and not _key(o).startswith("pipeline.")]
+    passed = [o for o in cli if _key(o) not in (*RUNNER_KEYS, "stage", "experiment")
+              and not _key(o).startswith("pipeline.")]
     overrides = [f"stage={kind}", *shared, *plain, *passed, *wiring, f"exp_manager.explicit_log_dir={job.dir}"]
     cfg = compose(overrides)
     from recipes.backends.nemo_backend import STAGES as NEMO_STAGES
@@ -502,58 +501,17 @@ def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdi
                         for k, v in outputs.items() if k != "dir"}
     entry["outputs"]["dir"] = {"path": str(job.dir), "hash": None}
     pending = job.cfg is not None and job.cfg.backend.name == "nemo" and not out.exists()
+    before = entry.get("seconds", 0) if action in ("resume", "eval", "collect") else 0  # wall time adds up
     entry.update(status="submitted" if pending else "done", finished=_now(), eval_hash=job.eval_hash,
-                 seconds=round((entry.get("seconds", 0) if action in ("resume", "eval", "collect") else 0) + seconds, 1),
+                 seconds=round(before + seconds, 1),
                  cpu_seconds=round(cpu, 1),
-                 metrics=collect_metrics(job, out))
+                 metrics=report.stage_metrics(job.kind, job.dir, out, job.outputs.get("report")))
     save_manifest(pdir, manifest)
     report.write_report(pdir, manifest)
     print(f"=== {job.name}: {entry['status']} in {seconds:.0f} s -> {out}", flush=True)
 
 
 # ---------------------------------------------------------------- metrics and manifest
-def collect_metrics(job: Job, out: Path) -> dict:
-    """What the report shows for a stage: training summary, eval results, data counts."""
-    m: dict = {}
-    curves = sorted(str(p) for p in job.dir.rglob("metrics.jsonl"))
-    if curves:
-        m["metrics_files"] = curves
-        rows = [r for _, r in read_jsonl(curves[-1])]
-        train = [r for r in rows if "loss" in r]
-        val = [r for r in rows if any(k.startswith("val_") for k in r)]
-        if train:  # mean loss over the first and last quarter of the steps: one batch is a noisy reading
-            k = max(1, len(train) // 4)
-            mean = lambda rs: sum(r["loss"] for r in rs) / len(rs)  # noqa: E731
-            m["train"] = {"steps": int(train[-1]["step"]), "loss_first": mean(train[:k]), "loss_last": mean(train[-k:])}
-        if val:
-            m.setdefault("train", {}).update({k: v for k, v in val[-1].items() if k.startswith("val_")})
-    results = job.dir / "eval" / "results.json"
-    if results.is_file():
-        m["eval"] = {bench: _scalars(res) for bench, res in json.loads(results.read_text()).items()}
-    report_file = Path(job.outputs.get("report", job.dir / "report.json"))
-    if (job.kind in DATA_STEPS or job.kind in PREP_STAGES) and report_file.is_file():
-        rep = json.loads(report_file.read_text())
-        m["data"] = {"input": rep.get("input"), "outputs": rep.get("outputs", {}),
-                     "responses_dropped": rep.get("responses_dropped")}
-    if job.kind == "sdg_generate" and (job.dir / "sdg_stats.json").is_file():
-        m["data"] = json.loads((job.dir / "sdg_stats.json").read_text())
-    if job.kind == "rm_annotate" and out.is_file():
-        rewards = [r["reward"] for _, row in read_jsonl(out) for r in row.get("responses", [row]) if "reward" in r]
-        m["data"] = {"responses": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
-                     "reward_min": min(rewards, default=None), "reward_max": max(rewards, default=None)}
-    return m
-
-
-def _scalars(res: dict) -> dict:
-    out = {}
-    for k, v in res.items():
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-            out[k] = v
-        elif isinstance(v, dict) and 0 < len(v) <= 12 and all(isinstance(x, (int, float)) for x in v.values()):
-            out[k] = v  # e.g. RewardBench's sections
-    return out
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -1,8 +1,10 @@
 """report.md for a pipeline run: per-stage metrics next to the paper's, data counts, and plots.
 
-Written by recipes/pipeline.py after every stage (and at the end) from manifest.json alone, so it can
-be regenerated any time: `python -m recipes.report <pipeline dir>`. Plots are PNGs made with
-matplotlib's Agg backend (no display needed) in `<pipeline dir>/plots/`.
+`stage_metrics` gathers what a finished stage produced (training summary, eval results, data counts)
+into its manifest entry; `write_report` turns manifest.json into report.md after every stage (and at
+the end), so it can be regenerated any time: `python -m recipes.report <pipeline dir>`. Plots are PNGs
+made with matplotlib's Agg backend (no display needed) in `<pipeline dir>/plots/`, training curves
+from each stage's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -32,6 +34,49 @@ def _fmt(x, scale: float = 1.0, digits: int = 1) -> str:
     return "" if x is None else f"{x * scale:.{digits}f}"
 
 
+def stage_metrics(kind: str, stage_dir: Path, out: Path, report_file: Path | None = None) -> dict:
+    """What the manifest keeps and the report shows for a finished stage: training summary (metrics.jsonl),
+    eval results (eval/results.json), data counts (report.json of data prep, sdg_stats.json, the annotated file)."""
+    m: dict = {}
+    curves = sorted(str(p) for p in stage_dir.rglob("metrics.jsonl"))
+    if curves:
+        m["metrics_files"] = curves
+        rows = [r for _, r in read_jsonl(curves[-1])]
+        train = [r for r in rows if "loss" in r]
+        val = [r for r in rows if any(k.startswith("val_") for k in r)]
+        if train:  # mean loss over the first and last quarter of the steps: one batch is a noisy reading
+            k = max(1, len(train) // 4)
+            mean = lambda rs: sum(r["loss"] for r in rs) / len(rs)  # noqa: E731
+            m["train"] = {"steps": int(train[-1]["step"]), "loss_first": mean(train[:k]),
+                          "loss_last": mean(train[-k:])}
+        if val:
+            m.setdefault("train", {}).update({k: v for k, v in val[-1].items() if k.startswith("val_")})
+    results = stage_dir / "eval" / "results.json"
+    if results.is_file():
+        m["eval"] = {bench: _scalars(res) for bench, res in json.loads(results.read_text()).items()}
+    if report_file and Path(report_file).is_file():  # data prep
+        rep = json.loads(Path(report_file).read_text())
+        m["data"] = {"input": rep.get("input"), "outputs": rep.get("outputs", {}),
+                     "responses_dropped": rep.get("responses_dropped")}
+    if kind == "sdg_generate" and (stage_dir / "sdg_stats.json").is_file():
+        m["data"] = json.loads((stage_dir / "sdg_stats.json").read_text())
+    if kind == "rm_annotate" and out.is_file():
+        rewards = [r["reward"] for _, row in read_jsonl(out) for r in row.get("responses", [row]) if "reward" in r]
+        m["data"] = {"responses": len(rewards), "reward_mean": sum(rewards) / max(len(rewards), 1),
+                     "reward_min": min(rewards, default=None), "reward_max": max(rewards, default=None)}
+    return m
+
+
+def _scalars(res: dict) -> dict:
+    out = {}
+    for k, v in res.items():
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            out[k] = v
+        elif isinstance(v, dict) and 0 < len(v) <= 12 and all(isinstance(x, (int, float)) for x in v.values()):
+            out[k] = v  # e.g. RewardBench's sections
+    return out
+
+
 def stage_row(name: str, e: dict) -> dict:
     """The numbers of one stage that the tables and plots use (None when absent)."""
     m = e.get("metrics", {})
@@ -49,8 +94,9 @@ def stage_row(name: str, e: dict) -> dict:
 
 
 def stage_table(rows: list[dict]) -> list[str]:
-    out = ["| stage | runs | status | time (s) | CPU (s) | steps | train loss (first -> last quarter) | val loss | IFEval P-strict | "
-           "IFEval I-strict | MT-Bench | RewardBench | paper stage | paper MT-Bench | paper IFEval P-strict |",
+    out = ["| stage | runs | status | time (s) | CPU (s) | steps | train loss (first -> last quarter) | val loss | "
+           "IFEval P-strict | IFEval I-strict | MT-Bench | RewardBench | paper stage | paper MT-Bench | "
+           "paper IFEval P-strict |",
            "|" + "---|" * 15]
     for r in rows:
         paper = PAPER_STAGES.get(r["paper"] or "")

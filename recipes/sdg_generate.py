@@ -58,7 +58,8 @@ def load_prompts(spec: str, split: str = "train", field: str = "prompt") -> list
 
     ds = datasets.load_dataset(spec, split=split)
     if field not in ds.column_names:
-        raise ValueError(f"sdg.prompt_field={field!r} is not a column of {spec} (columns: {', '.join(ds.column_names)})")
+        raise ValueError(f"sdg.prompt_field={field!r} is not a column of {spec} "
+                         f"(columns: {', '.join(ds.column_names)})")
     return [{"id": f"{spec}:{i}", "prompt": row[field]} for i, row in enumerate(ds) if isinstance(row[field], str)]
 
 
