@@ -183,6 +183,10 @@ class PrepConfig:
     preference: Optional[bool] = None  # HelpSteer2-Preference input -> Bradley-Terry rows
     rm_pairs: Optional[bool] = None
     preset: Optional[str] = None  # sdg: dpo (harsh chosen filter) | rpo (less harsh)
+    sft_min_reward: Optional[float] = None  # sdg: keep a prompt's best response for SFT at or above this reward
+    pair_mode: Optional[str] = None  # sdg: best_vs_worst | all_pairs (default: the preset's)
+    min_gap: Optional[float] = None  # sdg: chosen - rejected reward must reach this (default: the preset's)
+    min_chosen_reward: Optional[float] = None  # sdg: chosen reward threshold (default: the preset's)
     weights: Optional[List[float]] = None  # attribute weights -> reward; default Nemotron-4-340B-Reward's
     val_fraction: Optional[float] = None
     seed: Optional[int] = None

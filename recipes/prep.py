@@ -19,8 +19,15 @@ log = logging.getLogger(__name__)
 
 def _overrides(cfg) -> dict:
     p = cfg.prep
+    selection = ("sft_min_reward", "pair_mode", "min_gap", "min_chosen_reward")
     out = {k: v for k, v in OmegaConf.to_container(p, resolve=True).items()
-           if k not in ("input", "output_dir", "decontaminate", "tokenizer") and v is not None}
+           if k not in ("input", "output_dir", "decontaminate", "tokenizer", *selection) and v is not None}
+    if p.sft_min_reward is not None:
+        out["sft"] = {"min_reward": p.sft_min_reward}
+    pairs = {k: v for k, v in (("mode", p.pair_mode), ("min_gap", p.min_gap),
+                                ("min_chosen_reward", p.min_chosen_reward)) if v is not None}
+    if pairs:
+        out["pairs"] = pairs  # applied on top of the preset's values
     out["on_bad_row"] = cfg.data.on_bad_row
     filters = {"max_seq_length": cfg.data.max_seq_length, "decontaminate": list(p.decontaminate)}
     if p.tokenizer:
@@ -36,7 +43,7 @@ def run(cfg, run_dir: Path) -> Path:
     out = Path(cfg.prep.output_dir or run_dir)
     kwargs = _overrides(cfg)
     if cfg.stage.name == "prep_helpsteer2":
-        for key in ("preset",):
+        for key in ("preset", "sft", "pairs"):
             kwargs.pop(key, None)
         report = convert_helpsteer2(cfg.prep.input or HUB_ID, out, **kwargs)
     else:

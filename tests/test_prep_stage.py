@@ -48,6 +48,16 @@ def test_prep_sdg_stage_writes_pairs_and_report(tmp_path):
                for p in tmp_path.glob("*.jsonl")), sorted(p.name for p in tmp_path.iterdir())
 
 
+def test_prep_sdg_thresholds_reach_the_converter(tmp_path):
+    r = launch("stage=prep_sdg", f"prep.input={FIX / 'sdg_records.jsonl'}", "prep.preset=dpo", "prep.min_gap=0.25",
+               "prep.min_chosen_reward=-100", "prep.sft_min_reward=-100", "prep.pair_mode=all_pairs",
+               f"exp_manager.explicit_log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert config["pairs"] == {"mode": "all_pairs", "min_gap": 0.25, "min_chosen_reward": -100}
+    assert config["sft"] == {"min_reward": -100}
+
+
 def test_prep_bad_input_is_one_line(tmp_path):
     r = launch("stage=prep_sdg", f"prep.input={FIX / 'sdg_bad.jsonl'}", f"exp_manager.explicit_log_dir={tmp_path}")
     assert r.returncode == 1
