@@ -261,11 +261,11 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
         m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
         m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
         done = step + 1
-        if val and cfg.trainer.val_check_interval and done % cfg.trainer.val_check_interval == 0 and done < steps:
+        if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(model, val, cfg, pad_id, device))
         logger.log(m, done)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.2f}", margin=f"{m['margin']:.3f}")
-        if cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0 and done < steps:
+        if loop.due(cfg.trainer.save_interval, done, steps):
             loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done})
     if val:
         logger.log(validate(model, val, cfg, pad_id, device), steps)

@@ -102,6 +102,12 @@ def global_batch_indices(step: int, n_examples: int, global_batch_size: int, see
     return order[k * global_batch_size : (k + 1) * global_batch_size]
 
 
+def due(interval: int, done: int, total: int) -> bool:
+    """Whether a periodic action (validation, checkpoint) falls after step `done`. An interval of 0
+    disables it, and the last step is excluded: every stage validates and saves `final` at the end."""
+    return bool(interval) and done % interval == 0 and done < total
+
+
 def micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
     return [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
 

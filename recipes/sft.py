@@ -119,11 +119,11 @@ def run(cfg, run_dir: Path) -> Path:
         m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
         m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
         done = step + 1
-        if val and cfg.trainer.val_check_interval and done % cfg.trainer.val_check_interval == 0 and done < steps:
+        if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(model, val, cfg, pad_id, device))
         logger.log(m, done)
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
-        if cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0 and done < steps:
+        if loop.due(cfg.trainer.save_interval, done, steps):
             loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done})
     if val:
         logger.log(validate(model, val, cfg, pad_id, device), steps)
