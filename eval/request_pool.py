@@ -261,15 +261,9 @@ class RequestPool:
         results: list = [None] * n
         errors: list[str | None] = [None] * n
         self.n_requests += n
-        seen: dict[str, int] = {}
-        keys = []
-        for p in payloads:
-            base = request_key(url, p)
-            keys.append(request_key(url, p, seen.get(base, 0)))
-            seen[base] = seen.get(base, 0) + 1
-        todo = []
+        keys, todo = self._keys(url, payloads), []
         for i, key in enumerate(keys):
-            hit = self.cache.get(key) if self.cache is not None else None
+            hit = self.cache.get(key) if key is not None else None
             if hit is not None:
                 results[i] = hit
             else:
@@ -280,9 +274,9 @@ class RequestPool:
             if self._stopped:
                 return None, None  # the run is over: too many failures
             ok, values = self._attempts(send_batch, [payloads[i] for i in idx], url)
-            if ok and self.cache is not None:
+            if ok and self.cache is not None:  # before this worker sends anything else
                 for i, value in zip(idx, values):
-                    self.cache.put(keys[i], value)  # before this worker sends anything else
+                    self.cache.put(keys[i], value)
             if not ok:
                 self._count(idx, values, errors)  # here, so no worker starts another request past the limit
             return ok, values
@@ -317,6 +311,18 @@ class RequestPool:
         if failed:
             log.warning("%s: %d of %d requests failed; first: %s", desc, failed, n, next(e for e in errors if e))
         return results
+
+    def _keys(self, url: str, payloads: list) -> list:
+        """Cache keys (None without a cache): identical payloads of one call get occurrence numbers 0, 1, ..."""
+        if self.cache is None:
+            return [None] * len(payloads)
+        seen: dict[str, int] = {}
+        keys = []
+        for p in payloads:
+            base = request_key(url, p)
+            keys.append(request_key(url, p, seen.get(base, 0)))
+            seen[base] = seen.get(base, 0) + 1
+        return keys
 
     def _count(self, idx: list[int], reason: str, errors: list) -> None:
         with self._lock:
