@@ -53,8 +53,10 @@ RETRY_STATUS = {408, 429} | set(range(500, 600))
 MAX_BACKOFF_S = 60.0
 
 
-class GenerationError(RuntimeError):
-    """The run cannot go on: too many requests failed. The message is one line."""
+class GenerationError(ValueError):
+    """The run cannot go on: too many requests failed. The message is one line. A ValueError, like a bad
+    setting (it usually is one: a wrong base_url, key or timeout), so launch.py and the CLIs print it as one
+    line instead of a traceback."""
 
 
 class TransientError(Exception):
