@@ -184,3 +184,24 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: boo
     lines = [encode(r) + "\n" for r in rows]
     atomic_write_text(path, "".join(lines))
     return len(lines)
+
+
+def cut_torn_tail(path: str | os.PathLike) -> None:
+    """Drop an incomplete last line of a file that is appended to line by line (a run killed mid-write),
+    so that reading it sees only whole rows and the next append starts on a fresh line."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        cut = 0
+        while pos > 0:  # read backwards, 64 KiB at a time, to the last newline
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                cut = pos - step + newline + 1
+                break
+            pos -= step
+        if cut < end:
+            f.truncate(cut)

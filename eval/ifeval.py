@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -27,12 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data_prep.jsonl import RowError, atomic_write_text, read_jsonl
-from eval.clients import GenerationError, SamplingParams, add_client_args, client_from_args
+from data_prep.jsonl import RowError, atomic_write_text, cut_torn_tail, read_jsonl
+from eval.clients import (GenerationError, SamplingParams, add_cache_arg, add_client_args, cache_file,
+                          client_from_args, failure_reasons, write_failures)
+
+log = logging.getLogger(__name__)
 
 HUB_DATASET = "google/IFEval"
 # Long enough that no IFEval answer is cut off (the longest ask for 800+ words).
 DEFAULT_PARAMS = SamplingParams(max_new_tokens=1280, temperature=0.0)
+CHUNK = 64  # prompts per generate call; responses.jsonl grows by one chunk at a time
 
 
 @dataclass
@@ -65,13 +70,20 @@ def _prompt_from_row(row: dict, path, line: int, key_required: bool = True) -> I
                         [_clean_kwargs(k or {}) for k in row["kwargs"]])
 
 
-def load_prompts(path: str | os.PathLike | None = None) -> list[IFEvalPrompt]:
-    """Google's `input_data.jsonl` layout from `path`, or the hub dataset when `path` is None."""
-    if path is not None:
+def load_prompts(path: str | os.PathLike | None = None, key: str = "--prompts") -> list[IFEvalPrompt]:
+    """Google's `input_data.jsonl` layout from a local `path`, or the hub dataset when `path` is None or
+    `google/IFEval`. Without the hub that fails in one line naming `key`, the setting to change."""
+    if path is not None and str(path) != HUB_DATASET:
         return [_prompt_from_row(row, path, line) for line, row in read_jsonl(path)]
-    import datasets  # hub path only: never used by the tests (they run offline)
+    try:
+        import datasets  # hub path only: never used by the tests (they run offline)
 
-    ds = datasets.load_dataset(HUB_DATASET, split="train")
+        ds = datasets.load_dataset(HUB_DATASET, split="train")
+    except Exception as e:  # noqa: BLE001 - offline, no access, no datasets: all the same advice
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FileNotFoundError(f"IFEval prompts: cannot load {HUB_DATASET} from the hub ({reason}); set "
+                                f"{key}=<local input_data.jsonl> (Google's instruction_following_eval/data/"
+                                "input_data.jsonl)") from None
     return [_prompt_from_row(dict(row), HUB_DATASET, i + 1) for i, row in enumerate(ds)]
 
 
@@ -165,7 +177,8 @@ def summarize(strict: list[dict], loose: list[dict]) -> dict:
 
 def markdown_table(summary: dict) -> str:
     pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
-    out = [f"IFEval, {summary['n_prompts']} prompts, {summary['n_instructions']} instructions (accuracy %)", "",
+    failed = f"; {summary['n_failed']} prompts without a response (failures.jsonl)" if summary.get("n_failed") else ""
+    out = [f"IFEval, {summary['n_prompts']} prompts, {summary['n_instructions']} instructions (accuracy %){failed}", "",
            "| level | strict | loose |", "|---|---|---|",
            f"| prompt | {pct(summary['prompt_level_strict'])} | {pct(summary['prompt_level_loose'])} |",
            f"| instruction | {pct(summary['instruction_level_strict'])} | {pct(summary['instruction_level_loose'])} |",
@@ -176,12 +189,13 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(output_dir: str | os.PathLike, strict: list[dict], loose: list[dict]) -> dict:
-    """Write Google's two result files, `summary.json` and `summary.md`; return the summary."""
+def write_results(output_dir: str | os.PathLike, strict: list[dict], loose: list[dict], n_failed: int = 0) -> dict:
+    """Write Google's two result files, `summary.json` and `summary.md`; return the summary.
+    `n_failed`: prompts left out because their request failed (`run` only)."""
     out = Path(output_dir)
     for name, rows in (("eval_results_strict.jsonl", strict), ("eval_results_loose.jsonl", loose)):
         atomic_write_text(out / name, "".join(json.dumps(r) + "\n" for r in rows))
-    summary = summarize(strict, loose)
+    summary = {**summarize(strict, loose), "n_failed": n_failed}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table(summary))
     return summary
@@ -226,20 +240,57 @@ def read_responses(path: str | os.PathLike,
 # --- generation + scoring ---------------------------------------------------------------------
 
 
+def read_saved_responses(path: Path) -> dict[str, str]:
+    """Responses by prompt from a (possibly interrupted) `responses.jsonl`; a torn last line is cut off."""
+    cut_torn_tail(path)
+    rows = (row for _, row in read_jsonl(path)) if path.exists() else ()
+    return {r["prompt"]: r["response"] for r in rows if isinstance(r.get("prompt"), str)
+            and isinstance(r.get("response"), str)}
+
+
 def run_ifeval(generate_fn: Callable, prompts: list[IFEvalPrompt] | str | os.PathLike | None,
-               params: SamplingParams | None, output_dir: str | os.PathLike) -> dict:
-    """Answer every prompt as a single user turn (no system prompt), save the responses
-    (`responses.jsonl`, Google's input_response_data layout), score them; return the summary."""
+               params: SamplingParams | None, output_dir: str | os.PathLike, resume: bool = True,
+               chunk_size: int = CHUNK) -> dict:
+    """Answer every prompt as a single user turn (no system prompt), score the answers; return the summary.
+
+    Answers are appended to `responses.jsonl` (Google's input_response_data layout) a chunk at a time and,
+    with `resume`, reused by a rerun into the same directory, which asks only what is missing. A prompt whose
+    request failed (generate gave None) is counted (`n_failed`), listed in `failures.jsonl` and left out of
+    the scores; a rerun asks it again. In the end responses.jsonl holds the answers in prompt order.
+    """
     if not isinstance(prompts, list):
         prompts = load_prompts(prompts)
     params = params or DEFAULT_PARAMS
-    responses = generate_fn([[{"role": "user", "content": p.prompt}] for p in prompts], params)
-    if len(responses) != len(prompts):
-        raise RuntimeError(f"generate returned {len(responses)} responses for {len(prompts)} prompts")
     out = Path(output_dir)
-    lines = [json.dumps({"prompt": p.prompt, "response": r}) + "\n" for p, r in zip(prompts, responses)]
-    atomic_write_text(out / "responses.jsonl", "".join(lines))
-    return write_results(out, *score(list(zip(prompts, responses))))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "responses.jsonl"
+    done = read_saved_responses(path) if resume else {}
+    todo = [p for p in prompts if p.prompt not in done]
+    failures = []
+    with open(path, "a" if resume else "w", encoding="utf-8") as f:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            responses = generate_fn([[{"role": "user", "content": p.prompt}] for p in chunk], params)
+            if len(responses) != len(chunk):
+                raise RuntimeError(f"generate returned {len(responses)} responses for {len(chunk)} prompts")
+            for p, response, reason in zip(chunk, responses, failure_reasons(generate_fn, len(chunk))):
+                if response is None:
+                    failures.append({"key": p.key, "prompt": p.prompt, "error": reason or "no response"})
+                    continue
+                done[p.prompt] = response
+                f.write(json.dumps({"prompt": p.prompt, "response": response}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    answered = [(p, done[p.prompt]) for p in prompts if p.prompt in done]
+    atomic_write_text(path, "".join(json.dumps({"prompt": p.prompt, "response": r}) + "\n" for p, r in answered))
+    write_failures(out / "failures.jsonl", failures)
+    if not answered:
+        raise GenerationError(f"IFEval: none of {len(prompts)} prompts got a response"
+                              + (f"; first error: {failures[0]['error']}" if failures else ""))
+    if failures:
+        log.warning("IFEval: %d of %d prompts got no response and are left out of the scores (%s); rerun to "
+                    "ask them again", len(failures), len(prompts), out / "failures.jsonl")
+    return write_results(out, *score(answered), n_failed=len(failures))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                     "instruction_id_list and kwargs)")
     sc.add_argument("--prompts", default=None, help="Google's input_data.jsonl (default: the hub copy)")
     sc.add_argument("--output-dir", required=True)
-    rn = sub.add_parser("run", help="generate responses from an endpoint, then score them")
+    rn = sub.add_parser("run", help="generate responses from an endpoint, then score them (resumable)")
     rn.add_argument("--prompts", default=None, help="Google's input_data.jsonl (default: the hub copy)")
     rn.add_argument("--output-dir", required=True)
+    rn.add_argument("--limit", type=int, default=0, help="only the first N prompts (0: all)")
     rn.add_argument("--max-new-tokens", type=int, default=DEFAULT_PARAMS.max_new_tokens)
     add_client_args(rn)
+    add_cache_arg(rn)
     args = ap.parse_args(argv)
 
     try:
@@ -263,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             summary = write_results(args.output_dir, *score(read_responses(args.input, prompts)))
         else:
             params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
-            summary = run_ifeval(client_from_args(args).generate, args.prompts, params, args.output_dir)
-    except (OSError, ValueError, GenerationError) as e:  # bad input file, unreachable endpoint
+            prompts = load_prompts(args.prompts)
+            prompts = prompts[: args.limit] if args.limit else prompts
+            client = client_from_args(args, cache=cache_file(args, "generator"))
+            summary = run_ifeval(client.generate, prompts, params, args.output_dir)
+    except (OSError, ValueError, GenerationError) as e:  # bad input file, unreachable endpoint, too many failures
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown_table(summary), end="")

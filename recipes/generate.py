@@ -9,7 +9,8 @@ writes it), else from the Nemotron-3-8B-SteerLM model card. The model answers in
 (`eval.generator.kind=hf`, the default) or behind a server: `eval.generator.kind=nemo` (NeMo's
 PUT /generate) or `openai` (an OpenAI-compatible `/completions` endpoint; chat completions cannot
 carry the attribute line). Writes `{prompt, attributes, response}` rows to
-`<run dir>/generations.jsonl` (or `steer.output_file`).
+`<run dir>/generations.jsonl` (or `steer.output_file`); a served generator caches its replies in
+`request_cache/` beside it, and prompts whose request failed go to `failures.jsonl` in the run dir.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def model_dir(cfg) -> Path | None:
 
 
 def run(cfg, run_dir: Path) -> Path:
-    from eval.clients import SamplingParams
+    from eval.clients import SamplingParams, write_failures
     from recipes.evaluate import make_generator
 
     s = cfg.steer
@@ -51,10 +52,14 @@ def run(cfg, run_dir: Path) -> Path:
     spec = steerlm.read_spec(path) if path is not None and path.is_dir() else None
     values = steerlm.resolve(s, spec)
     log.info("steering with %s", steerlm.attribute_line(values))
-    client = make_generator(cfg, path)
+    out = Path(s.output_file) if s.output_file else run_dir / "generations.jsonl"
+    client = make_generator(cfg, path, out.parent / "request_cache")
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
     rows = steerlm.generate(client, convs, values, params, s.system if s.system is not None else STEERLM_SYSTEM_PROMPT)
-    out = Path(s.output_file) if s.output_file else run_dir / "generations.jsonl"
-    write_jsonl(out, rows)
-    log.info("wrote %d generations to %s", len(rows), out)
+    failed = [r for r in rows if r["response"] is None]
+    write_failures(run_dir / "failures.jsonl", failed)
+    write_jsonl(out, [r for r in rows if r["response"] is not None])
+    if failed:
+        log.warning("%d of %d prompts got no response (%s)", len(failed), len(rows), run_dir / "failures.jsonl")
+    log.info("wrote %d generations to %s", len(rows) - len(failed), out)
     return out

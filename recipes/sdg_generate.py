@@ -13,7 +13,10 @@ Each output line is an SDG record (docs/sdg_format.md) without scores yet:
 (`conversations` instead of `prompt` for multi-turn prompts; `system` and `category` are kept.)
 The generator is any client of eval/clients.py, picked by `sdg.generator.kind`: the in-process HF
 model (`sdg.model`, default the configured model), an OpenAI-compatible endpoint, or a NeMo server.
-The HTTP clients retry transient failures themselves.
+The HTTP clients retry transient failures themselves, cache every reply in `request_cache/` next to
+the output (`sdg.generator.cache`), and count what still fails: a prompt with a failed response gets
+no record (its other responses stay cached), is listed in `sdg_failures.jsonl` and is asked again by
+a rerun; more than `sdg.generator.max_failed_fraction` failed requests stop the run in one line.
 
 Resumable: records are appended and flushed chunk by chunk (`sdg.chunk_size` prompts); a rerun
 reads the output, skips the prompts already there and generates the rest. Prompts are
@@ -30,7 +33,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_prep.jsonl import atomic_write_text, read_jsonl
+from data_prep.jsonl import atomic_write_text, cut_torn_tail, read_jsonl
 from data_prep.pairs import PromptGroup
 from data_prep.schemas import ROLES
 
@@ -105,8 +108,9 @@ def base_checkpoint(model_cfg, convert: bool = True) -> str | None:
     return None
 
 
-def make_client(cfg):
-    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`."""
+def make_client(cfg, cache_dir: Path | None = None):
+    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`; a served
+    generator caches its replies in `cache_dir`."""
     from recipes.evaluate import make_generator
 
     g = cfg.sdg.generator
@@ -118,7 +122,7 @@ def make_client(cfg):
         if not Path(model_dir).is_dir():
             raise FileNotFoundError(f"sdg.model: no checkpoint directory at {model_dir}")
     gen_cfg = OmegaConf.merge(cfg, {"eval": {"generator": OmegaConf.to_container(g)}})
-    client = make_generator(gen_cfg, Path(model_dir) if model_dir else None)
+    client = make_generator(gen_cfg, Path(model_dir) if model_dir else None, cache_dir)
     name = g.model if g.kind != "hf" else Path(model_dir).name
     return client, name or g.kind
 
@@ -128,11 +132,7 @@ def done_keys(path: Path) -> set[str]:
     """Prompt keys already in a (possibly interrupted) output; a torn last line is cut off."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(cut)
+    cut_torn_tail(path)
     return {prompt_key(row) for _, row in read_jsonl(path)}
 
 
@@ -143,15 +143,19 @@ def record(row: dict, texts: list[str], model: str) -> dict:
 
 
 def generate_file(rows: list[dict], output: Path, generate, params, n: int, model: str, chunk_size: int = 16,
-                  progress: bool = True) -> dict:
-    """Append one record per prompt of `rows` not yet in `output`; returns counts."""
+                  progress: bool = True, failures_file: Path | None = None) -> dict:
+    """Append one record per prompt of `rows` not yet in `output`; returns counts. A prompt with a failed
+    response (None from the client) gets no record; it is counted and listed in `failures_file`."""
+    from eval.clients import failure_reasons, write_failures
+
     if n < 1:
         raise ValueError(f"sdg.n_responses must be >= 1, got {n}")
     output.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(output)
     todo = [r for r in rows if prompt_key(r) not in done]
     stats = {"prompts": len(rows), "already_done": len(rows) - len(todo), "generated": 0, "responses": 0,
-             "empty_responses": 0}
+             "empty_responses": 0, "failed_prompts": 0}
+    failures = []
     bar = tqdm(total=len(todo), desc="sdg", unit="prompt", disable=not progress)
     with open(output, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), max(chunk_size, 1)):
@@ -160,16 +164,28 @@ def generate_file(rows: list[dict], output: Path, generate, params, n: int, mode
             texts = generate([conversation(r) for r in chunk for _ in range(n)], params)
             if len(texts) != n * len(chunk):
                 raise RuntimeError(f"generator returned {len(texts)} responses for {n * len(chunk)} requests")
+            reasons = failure_reasons(generate, len(texts))
             for i, row in enumerate(chunk):
                 mine = texts[i * n:(i + 1) * n]
+                if any(t is None for t in mine):
+                    why = next((r for r in reasons[i * n:(i + 1) * n] if r), "no response")
+                    failures.append({**{k: row[k] for k in ("id", "prompt", "conversations") if k in row},
+                                     "failed_responses": sum(t is None for t in mine), "error": why})
+                    continue
                 f.write(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
                 stats["empty_responses"] += sum(not t.strip() for t in mine)
+                stats["generated"] += 1
+                stats["responses"] += n
             f.flush()
             os.fsync(f.fileno())  # a crash loses at most the chunk being generated
-            stats["generated"] += len(chunk)
-            stats["responses"] += len(texts)
             bar.update(len(chunk))
     bar.close()
+    stats["failed_prompts"] = len(failures)
+    if failures_file is not None:
+        write_failures(failures_file, failures)
+    if failures:
+        log.warning("sdg: %d prompts got no record (a response failed; %s); rerun to ask them again",
+                    len(failures), failures_file)
     return stats
 
 
@@ -186,9 +202,9 @@ def run(cfg, run_dir: Path) -> Path:
     if not rows:
         raise ValueError(f"sdg.prompts={s.prompts}: no prompts")
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-    client, model = make_client(cfg)
+    client, model = make_client(cfg, output.parent / "request_cache")
     stats = generate_file(rows, output, client.generate, params, s.n_responses, model, s.chunk_size,
-                          cfg.logger.progress_bar)
+                          cfg.logger.progress_bar, Path(run_dir) / "sdg_failures.jsonl")
     stats["duplicates_dropped"] = dropped
     atomic_write_text(Path(run_dir) / "sdg_stats.json", json.dumps(stats, indent=1) + "\n")
     log.info("sdg: %d prompts (%d duplicates dropped, %d already done), %d responses -> %s", len(rows), dropped,

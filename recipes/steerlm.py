@@ -170,13 +170,19 @@ def generate(client, conversations: list[list[dict]], values: dict, params, syst
     `client` is any of our generation clients; its `complete(prompts, params)` continues pre-rendered
     prompts (HFClient in process, NemoServerClient's PUT /generate, an OpenAI-compatible /completions):
     the attribute line sits inside the assistant turn, where no chat-messages API can put it.
+    A request that failed after its retries (HTTP clients) gives `"response": None` and its `"error"`.
     """
     from dataclasses import replace
+
+    from eval.clients import failure_reasons
 
     stop = [TURN_START] + [s for s in params.stop if s != TURN_START]  # the end of an answer (model card)
     prompts = [steer_prompt(c, values, system) for c in conversations]
     replies = client.complete(prompts, replace(params, stop=stop))
-    return [{**prompt_fields(c), "attributes": dict(values), "response": r} for c, r in zip(conversations, replies)]
+    reasons = failure_reasons(client, len(prompts))
+    return [{**prompt_fields(c), "attributes": dict(values), "response": r,
+             **({"error": why or "no response"} if r is None else {})}
+            for c, r, why in zip(conversations, replies, reasons)]
 
 
 def prompt_fields(conversation: list[dict]) -> dict:

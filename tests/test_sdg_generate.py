@@ -129,9 +129,9 @@ def test_openai_endpoint_with_a_retried_failure(tmp_path):
     with FakeServer(respond) as server:
         cfg = compose_cfg("stage=sdg_generate", *TINY, f"sdg.prompts={PROMPTS}", "sdg.limit=3", "sdg.n_responses=2",
                           "sdg.generator.kind=openai", "sdg.generator.model=mixtral",
-                          f"sdg.generator.base_url={server.url}/v1", "sdg.temperature=0.9")
+                          f"sdg.generator.base_url={server.url}/v1", "sdg.temperature=0.9",
+                          "sdg.generator.backoff_s=0.01")
         client, name = sg.make_client(cfg)
-        client.backoff_s = 0.01
         out = tmp_path / "gen.jsonl"
         sg.generate_file(sg.load_prompts(str(PROMPTS))[:3], out, client.generate,
                          SamplingParams(max_new_tokens=16, temperature=0.9), 2, name, progress=False)
