@@ -1,5 +1,5 @@
 """IFEval: conformance with Google's official results for GPT-4's responses, offline Punkt,
-input handling, and run_ifeval with a fake model.
+input handling, run_ifeval with a fake model, and the same verdict on every run.
 
 The conformance rows are tests/fixtures/ifeval/: 48 of the 541 prompts, chosen so that each of the 25
 instruction types is followed, failed, and (where any row does) scored differently strict and loose, with the
@@ -113,6 +113,47 @@ def test_random_fallback_is_seeded_and_global_state_kept():
         verdicts.add(tuple(ifeval.check_response(p, "aaaa bbbb cccc dddd eeee", loose=False)["follow_instruction_list"]))
         assert random.getstate() == before
     assert len(verdicts) == 1
+
+
+# A short lowercase English haiku that langdetect, unseeded, calls 'en' or 'nl' (about 60/40), so that
+# change_case:english_lowercase was followed on one run and not on the next (issue 13, item 8).
+HAIKU = "green hills of kerry\nsheep on the green donegal hills\ngreen land under mist"
+LANGDETECT_CHECK = """
+import json, random, sys, langdetect
+from langdetect import DetectorFactory, detector_factory
+from eval import ifeval
+haiku = sys.argv[1]
+unseeded = sorted({langdetect.detect(haiku) for _ in range(100)})
+p = ifeval.IFEvalPrompt(1, "Write a haiku about Ireland, all lowercase.", ["change_case:english_lowercase"], [{}])
+random.seed(1)
+before = random.getstate()
+verdicts = [ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0] for _ in range(10)]
+kept = [DetectorFactory.seed is None, random.getstate() == before]
+DetectorFactory.seed = 7  # the caller's own seed, given back after scoring
+verdicts.append(ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0])
+detector_factory._factory.set_seed(5)  # a seed set on the loaded factory wins over the class's
+verdicts.append(ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0])
+kept += [detector_factory._factory.seed == 5, DetectorFactory.seed == 7, random.getstate() == before]
+print(json.dumps({"unseeded": unseeded, "verdicts": verdicts, "kept": kept}))
+"""
+
+
+def test_language_detection_gives_the_same_verdict_every_run():
+    """In fresh processes (langdetect's seed is per process), the haiku that unseeded langdetect calls
+    'en' or 'nl' is scored the same 12 times in each, and the caller's langdetect and random state are kept."""
+    env = {**os.environ, "PYTHONHASHSEED": "random"}
+    procs = [subprocess.Popen([sys.executable, "-c", LANGDETECT_CHECK, HAIKU], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+             for _ in range(3)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for r in results:
+        assert len(r["unseeded"]) > 1, r["unseeded"]  # the text really is unstable without a seed
+        assert r["verdicts"] == [True] * 12  # seeded: English, every time
+        assert all(r["kept"]), r["kept"]
 
 
 def test_loose_variants_in_google_order():
