@@ -115,18 +115,14 @@ def check_fixtures(shared: Path) -> list[tuple[str, str, bool]]:
     pairs += [(fx / "mt_bench" / n, ev / "mt_bench" / n) for n in
               ("question.jsonl", "judge_prompts.jsonl", "reference_answer/gpt-4.jsonl", f"model_answer/{MT_MODEL}.jsonl",
                f"model_judgment/gpt-4_single_{MT_MODEL}.jsonl")]
-    pairs += [(fx / "helpsteer" / "helpsteer_v1_sample.jsonl", shared / "data" / "helpsteer_v1_sample.jsonl")]
+    pairs += [(fx / "helpsteer" / "helpsteer_v1_sample.jsonl", shared / "data" / "helpsteer_v1_sample.jsonl"),
+              (REPO / "data" / "demo" / "reward_bench_subset.jsonl", ev / "rewardbench" / "filtered_first500.jsonl")]
     out = []
     for small, full in pairs:
         known = set(lines(full))
         mine = lines(small)
         kept = sum(x in known for x in mine)
         out.append((f"fixture {small.relative_to(REPO)}", f"{kept}/{len(mine)} rows of {full.name}", kept == len(mine) > 0))
-    demo = REPO / "data" / "demo" / "reward_bench_subset.jsonl"
-    full = {json.dumps(json.loads(x), ensure_ascii=False) for x in lines(ev / "rewardbench" / "filtered_first500.jsonl")}
-    mine = lines(demo)
-    kept = sum(x in full for x in mine)
-    out.append((f"fixture {demo.relative_to(REPO)}", f"{kept}/{len(mine)} rows of filtered_first500.jsonl", kept == len(mine) > 0))
     return out
 
 

@@ -165,12 +165,13 @@ def make_helpsteer(shared: Path) -> None:
 
 
 def make_reward_bench(shared: Path) -> None:
-    rows = read_jsonl(shared / "evaldata" / "rewardbench" / "filtered_first500.jsonl")
+    raw = lines(shared / "evaldata" / "rewardbench" / "filtered_first500.jsonl")
+    rows = [json.loads(x) for x in raw]
     keep = set()
     for subset in dict.fromkeys(r["subset"] for r in rows):
         mine = sorted((len(r["prompt"]) + len(r["chosen"]) + len(r["rejected"]), r["id"]) for r in rows if r["subset"] == subset)
         keep |= {i for _, i in mine[:RB_PER_SUBSET]}
-    kept = [json.dumps(r, ensure_ascii=False) for r in rows if r["id"] in keep]
+    kept = [x for x, r in zip(raw, rows) if r["id"] in keep]
     write_lines(REPO / "data" / "demo" / "reward_bench_subset.jsonl", kept)
     shutil.copyfile(shared / "evaldata" / "rewardbench" / "known_model_results.json",
                     FIXTURES / "rewardbench" / "known_model_results.json")
