@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -91,13 +92,54 @@ def load_prompts(path: str | os.PathLike | None = None, key: str = "--prompts") 
 
 
 def _registry() -> dict:
-    # Punkt tables must be on NLTK's path before lm_eval's instructions_util is imported.
-    from eval.punkt import ensure_punkt
+    # The first call imports nltk and lm_eval, which draw from Python's global random generator;
+    # the caller's state is given back, so scoring never changes what the caller's next draw is.
+    state = random.getstate()
+    try:
+        # Punkt tables must be on NLTK's path before lm_eval's instructions_util is imported.
+        from eval.punkt import ensure_punkt
 
-    ensure_punkt()
-    from lm_eval.tasks.ifeval import instructions_registry
-
+        ensure_punkt()
+        from lm_eval.tasks.ifeval import instructions_registry
+    finally:
+        random.setstate(state)
     return instructions_registry.INSTRUCTION_DICT
+
+
+LANGDETECT_SEED = 0  # the seed langdetect's documentation recommends for reproducible results
+_UNSET = object()
+
+
+@contextmanager
+def _seeded(prompt: str):
+    """Seed the two random sources the checkers draw from, then give the caller's back.
+
+    - Python's `random`: a checker given an invalid argument draws a random one (keys 1122 and
+      1129 ask for the "letter" '#' and '!', and get a random ASCII letter). Google leaves that
+      unseeded; we seed from the prompt, so a file always gets the same score.
+    - langdetect (change_case:english_lowercase / english_capital, language:response_language):
+      each detection runs 7 trials on n-grams drawn by a `random.Random` seeded with
+      `DetectorFactory.seed`, which is None (the OS entropy) unless set; a short text can then be
+      'en' on one run and 'nl' on the next. A seed set on the loaded factory itself wins over the
+      class attribute, so both are seeded and both restored.
+    """
+    from langdetect import detector_factory
+
+    state = random.getstate()
+    cls, factory = detector_factory.DetectorFactory, detector_factory._factory
+    saved_cls = cls.seed
+    saved_own = vars(factory).get("seed", _UNSET) if factory is not None else _UNSET
+    random.seed(f"ifeval:{prompt}")
+    cls.seed = LANGDETECT_SEED
+    if saved_own is not _UNSET:
+        factory.seed = LANGDETECT_SEED
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        cls.seed = saved_cls
+        if saved_own is not _UNSET:
+            factory.seed = saved_own
 
 
 def _build_checker(registry: dict, instruction_id: str, kwargs: dict, prompt: str):
@@ -123,18 +165,10 @@ def check_response(p: IFEvalPrompt, response: str, loose: bool, registry: dict |
     registry = registry or _registry()
     variants = loose_variants(response) if loose else [response]
     follows = []
-    # A checker given an invalid argument draws a random one (keys 1122 and 1129 ask for the
-    # "letter" '#' and '!', and get a random ASCII letter). Google leaves that unseeded, so its
-    # scores wobble between runs; we seed from the prompt so a rerun scores the same, and
-    # restore the caller's random state afterwards.
-    state = random.getstate()
-    random.seed(f"ifeval:{p.prompt}")
-    try:
+    with _seeded(p.prompt):  # the same verdict on every run (see _seeded)
         for instruction_id, kwargs in zip(p.instruction_id_list, p.kwargs):
             checker = _build_checker(registry, instruction_id, kwargs, p.prompt)  # fresh per mode, as Google does
             follows.append(any(v.strip() and checker.check_following(v) for v in variants))
-    finally:
-        random.setstate(state)
     return {"follow_all_instructions": all(follows), "follow_instruction_list": follows,
             "instruction_id_list": p.instruction_id_list, "prompt": p.prompt, "response": response}
 

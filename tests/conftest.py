@@ -1,9 +1,7 @@
-"""Shared test setup: offline hub/wandb, and the ../shared data folder."""
+"""Shared test setup: offline hub/wandb, fixture paths, Hydra composition."""
 
 import os
 from pathlib import Path
-
-import pytest
 
 # Nothing in the test suite may reach a hub; without HF_HUB_OFFLINE a failed load takes ~50 s.
 # One intra-op thread: the tests use tiny models, where two OpenMP threads fighting other
@@ -17,20 +15,10 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RECIPES_SHARED_DIR", REPO.parent / "shared"))
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test with the reason when that data is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs {path} (the project's shared evaluation data); not present on this machine")
-    return path
-
-
-@pytest.fixture
-def shared():
-    return shared_path
+# Real benchmark rows the tests need, shipped in the repo (each folder's README names source and license).
+FIXTURES = REPO / "tests" / "fixtures"
+# The demo's RewardBench subset (data/demo/README.md): real allenai/reward-bench rows, also the tests' copy.
+REWARD_BENCH_ROWS = REPO / "data" / "demo" / "reward_bench_subset.jsonl"
 
 
 def compose_cfg(*overrides: str):

@@ -9,9 +9,11 @@ from data_prep.filters import Decontaminator, FilterConfig, Filters, eval_prompt
 from data_prep.helpsteer2 import convert_helpsteer2
 from data_prep.inputs import DataPrepError
 from data_prep.sdg import convert_sdg
-from tests.conftest import shared_path
+from tests.conftest import FIXTURES as ALL_FIXTURES, REWARD_BENCH_ROWS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data_prep"
+MT_QUESTIONS = ALL_FIXTURES / "mt_bench" / "question.jsonl"
+N_IFEVAL, N_REWARD_BENCH = 48, 61  # rows of tests/fixtures/ifeval/input_data.jsonl and the demo's RewardBench subset
 
 
 def write(path, rows):
@@ -20,22 +22,19 @@ def write(path, rows):
 
 
 def eval_files():
-    return [str(shared_path("evaldata", "mt_bench", "question.jsonl")),
-            str(shared_path("evaldata", "ifeval", "input_data.jsonl")),
-            str(shared_path("evaldata", "rewardbench", "filtered_first500.jsonl"))]
+    return [str(MT_QUESTIONS), str(ALL_FIXTURES / "ifeval" / "input_data.jsonl"), str(REWARD_BENCH_ROWS)]
 
 
 def test_eval_file_layouts():
     mt, ifeval, rb = eval_files()
     mt_prompts = eval_prompts(mt)
     assert len(mt_prompts) == 160 and mt_prompts[0][0] == 1 and mt_prompts[1][0] == 1  # both turns of question 81
-    assert len(eval_prompts(ifeval)) == 541
-    assert len(eval_prompts(rb)) == 500
+    assert len(eval_prompts(ifeval)) == N_IFEVAL
+    assert len(eval_prompts(rb)) == N_REWARD_BENCH
 
 
 def test_decontamination_hits_a_real_mt_bench_question(tmp_path):
-    mt = shared_path("evaldata", "mt_bench", "question.jsonl")
-    q = json.loads(mt.read_text().splitlines()[9])["turns"][0]  # question_id 90
+    q = json.loads(MT_QUESTIONS.read_text().splitlines()[9])["turns"][0]  # question_id 90
     d = Decontaminator(eval_files())
     # The question pasted into a longer prompt, with case and whitespace changed.
     hit = d.match("Please help me with this task:\n\n" + "  ".join(q.upper().split()) + "\nThanks!")
@@ -43,16 +42,16 @@ def test_decontamination_hits_a_real_mt_bench_question(tmp_path):
     assert hit == f"shares the 13-gram '{' '.join(ws[:13])}' with question.jsonl:10"
     assert d.match("Write a short poem about the sea and the wind at dawn, in the style of a sea shanty.") is None
     # RewardBench's short prompts (fewer than 13 words) match only the same words.
-    assert d.match("how do I DETAIL a car") == "same words as filtered_first500.jsonl:1"
-    assert d.match("How do I detail a car quickly?") is None
+    # (line 1 of the subset: "Who created the Superman cartoon character?")
+    assert d.match("who created the SUPERMAN cartoon character") == "same words as reward_bench_subset.jsonl:1"
+    assert d.match("Who created the Superman cartoon character first?") is None
     # n is configurable.
-    assert Decontaminator(eval_files(), n=5).match("detail a car quickly?") is None
-    assert Decontaminator(eval_files(), n=4).match("so how do i detail a car") is not None
+    assert Decontaminator(eval_files(), n=5).match("superman cartoon character first?") is None
+    assert Decontaminator(eval_files(), n=4).match("so who created the superman") is not None
 
 
 def test_decontamination_in_both_scripts(tmp_path):
-    mt = shared_path("evaldata", "mt_bench", "question.jsonl")
-    q = json.loads(mt.read_text().splitlines()[0])["turns"][0]
+    q = json.loads(MT_QUESTIONS.read_text().splitlines()[0])["turns"][0]
     rows = [{"prompt": q, "response": r, "helpfulness": h, "correctness": 3, "coherence": 3, "complexity": 1, "verbosity": 1}
             for r, h in (("A", 4), ("B", 1))]
     rows += [{"prompt": "Tell me about otters.", "response": r, "helpfulness": h, "correctness": 3, "coherence": 3,
@@ -61,7 +60,7 @@ def test_decontamination_in_both_scripts(tmp_path):
     rep = convert_helpsteer2(src, tmp_path / "hs", val_fraction=0.0, filters={"decontaminate": eval_files()})
     assert rep["outputs"]["train.jsonl"]["rejected"] == {"contaminated": 2}
     assert rep["outputs"]["train_dpo.jsonl"]["rejected"] == {"contaminated": 1}
-    assert rep["filters"]["decontaminate"]["eval_prompts"] == 160 + 541 + 500
+    assert rep["filters"]["decontaminate"]["eval_prompts"] == 160 + N_IFEVAL + N_REWARD_BENCH
     rep = convert_sdg(str(FIXTURES / "sdg_records.jsonl"), tmp_path / "sdg", filters={"decontaminate": eval_files()})
     assert rep["outputs"]["train_sft.jsonl"]["rejected"] == {"empty_text": 1, "contaminated": 1}
     rec = [json.loads(x) for x in (tmp_path / "sdg" / "rejects.jsonl").read_text().splitlines() if "contaminated" in x]

@@ -13,10 +13,13 @@ import pytest
 from data_prep.helpsteer2 import convert_helpsteer2
 from data_prep.inputs import DataPrepError
 from data_prep.schemas import validate_dpo_pair, validate_pairwise_rm_file, validate_regression_rm, validate_sft_chat
-from tests.conftest import shared_path
+from tests.conftest import FIXTURES as ALL_FIXTURES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data_prep"
 GOLDEN = FIXTURES / "golden"
+# 236 real nvidia/HelpSteer rows (70 whole prompts; tests/fixtures/helpsteer/README.md)
+SAMPLE = ALL_FIXTURES / "helpsteer" / "helpsteer_v1_sample.jsonl"
+N_SAMPLE = 236
 ATTRS = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 
 
@@ -80,26 +83,26 @@ def through_json(rows):
 
 @pytest.mark.parametrize("only_helpfulness", [False, True])
 def test_sft_and_regression_equal_nemo_aligner_on_real_rows(tmp_path, only_helpfulness):
-    sample = shared_path("data", "helpsteer_v1_sample.jsonl")
-    rows = read(sample)
-    rep = convert_helpsteer2(str(sample), tmp_path, val_fraction=0.0, only_helpfulness=only_helpfulness)
+    rows = read(SAMPLE)
+    rep = convert_helpsteer2(str(SAMPLE), tmp_path, val_fraction=0.0, only_helpfulness=only_helpfulness)
     expected_sft = through_json(nemo_sft(rows, only_helpfulness))
     assert read(tmp_path / "train.jsonl") == expected_sft
     assert read(tmp_path / "train_reg.jsonl") == through_json(nemo_regression(expected_sft))
-    assert rep["outputs"]["train.jsonl"] == {"unit": "response", "rows_in": 500, "rows_out": 500, "lines": 500, "rejected": {}}
+    assert rep["outputs"]["train.jsonl"] == {"unit": "response", "rows_in": N_SAMPLE, "rows_out": N_SAMPLE, "lines": N_SAMPLE,
+                                             "rejected": {}}
 
 
 def test_split_directory_and_epochs_equal_nemo_recipe(tmp_path):
     """A directory with train/validation files (the hub repo's layout); --epochs 2 = `cat train_reg train_reg`."""
-    rows = read(shared_path("data", "helpsteer_v1_sample.jsonl"))
+    rows = read(SAMPLE)
     src = tmp_path / "hs2"
     src.mkdir()
     with gzip.open(src / "train.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows[:400])
-    write(src / "validation.jsonl", rows[400:])
+        f.writelines(json.dumps(r) + "\n" for r in rows[:190])
+    write(src / "validation.jsonl", rows[190:])
     out = tmp_path / "out"
     convert_helpsteer2(str(src), out, epochs=2)
-    for name, part in (("train", rows[:400]), ("val", rows[400:])):
+    for name, part in (("train", rows[:190]), ("val", rows[190:])):
         sft = through_json(nemo_sft(part))
         assert read(out / f"{name}.jsonl") == sft
         assert read(out / f"{name}_reg.jsonl") == through_json(nemo_regression(sft))
@@ -108,7 +111,7 @@ def test_split_directory_and_epochs_equal_nemo_recipe(tmp_path):
 
 def test_preference_equals_nemo_aligner(tmp_path):
     """HelpSteer2-Preference rows (built from real prompts/responses) -> adjacent rows, label [strength, -100 x 8]."""
-    rows = read(shared_path("data", "helpsteer_v1_sample.jsonl"))
+    rows = read(SAMPLE)
     rng = random.Random(0)
     pref = [{"split": "validation" if i % 10 == 0 else "train", "prompt": rows[i]["prompt"], "response_1": rows[i]["response"],
              "response_2": rows[i + 1]["response"], "preference_strength": rng.randint(-3, 3),
@@ -229,7 +232,7 @@ def test_parquet_input_and_seeded_split(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    rows = read(shared_path("data", "helpsteer_v1_sample.jsonl"))
+    rows = read(SAMPLE)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hs.parquet")
     a = convert_helpsteer2(str(tmp_path / "hs.parquet"), tmp_path / "a", val_fraction=0.2, seed=3)
     b = convert_helpsteer2(str(tmp_path / "hs.parquet"), tmp_path / "b", val_fraction=0.2, seed=3)
@@ -237,7 +240,7 @@ def test_parquet_input_and_seeded_split(tmp_path):
     assert (tmp_path / "a" / "val.jsonl").read_bytes() == (tmp_path / "b" / "val.jsonl").read_bytes()
     assert (tmp_path / "a" / "val.jsonl").read_bytes() != (tmp_path / "c" / "val.jsonl").read_bytes()
     n_train, n_val = a["outputs"]["train.jsonl"]["rows_in"], a["outputs"]["val.jsonl"]["rows_in"]
-    assert n_train + n_val == 500 and 50 < n_val < 150
+    assert n_train + n_val == N_SAMPLE and 0.1 * N_SAMPLE < n_val < 0.3 * N_SAMPLE
     # Both responses of a prompt land in the same split.
     val_prompts = {r["conversations"][0]["value"] for r in read(tmp_path / "a" / "val.jsonl")}
     assert not val_prompts & {r["conversations"][0]["value"] for r in read(tmp_path / "a" / "train.jsonl")}
@@ -281,7 +284,7 @@ def test_parallel_writer_writes_the_same_files(tmp_path, monkeypatch):
     """Big runs build and write half of the files in a forked child; the files must not change."""
     import data_prep.report as report
 
-    sample = str(shared_path("data", "helpsteer_v1_sample.jsonl"))
+    sample = str(SAMPLE)
     a = convert_helpsteer2(sample, tmp_path / "seq", val_fraction=0.2, epochs=2, rm_pairs=True)
     monkeypatch.setattr(report, "PARALLEL_MIN_BYTES", 0)
     b = convert_helpsteer2(sample, tmp_path / "par", val_fraction=0.2, epochs=2, rm_pairs=True)

@@ -11,10 +11,12 @@ from eval.clients import SamplingParams
 from eval.hf_client import HFClient
 from recipes import sft
 from recipes.backends import torch_backend
-from tests.conftest import REPO, TINY, compose_cfg, shared_path
+from tests.conftest import FIXTURES, REPO, TINY, compose_cfg
 from tests.test_clients import FakeServer, chat_reply
 
 FIXTURE = REPO / "tests" / "fixtures" / "sft_tiny.jsonl"
+IFEVAL_PROMPTS = FIXTURES / "ifeval" / "input_data.jsonl"  # 48 of Google's 541 prompts
+MT_BENCH = FIXTURES / "mt_bench"  # FastChat's questions, references and judge prompts
 SECRET = "sk-test-9f8e7d6c5b4a"
 
 
@@ -50,8 +52,7 @@ def judge_server():
 
 
 def test_stage_eval_end_to_end_with_local_judge(tiny_ckpt, tmp_path):
-    ifeval = shared_path("evaldata", "ifeval", "input_data.jsonl")
-    mt = shared_path("evaldata", "mt_bench")
+    ifeval, mt = IFEVAL_PROMPTS, MT_BENCH
     run_dir = tmp_path / "eval_run"
     with judge_server() as judge:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "JUDGE_KEY": SECRET}
@@ -75,7 +76,7 @@ def test_stage_eval_end_to_end_with_local_judge(tiny_ckpt, tmp_path):
 
 
 def test_eval_hooks_run_after_a_training_stage(tmp_path):
-    ifeval = shared_path("evaldata", "ifeval", "input_data.jsonl")
+    ifeval = IFEVAL_PROMPTS
     run_dir = tmp_path / "run"
     cfg = compose_cfg(*TINY, f"model.data.train_ds.file_path={FIXTURE}", "trainer.max_steps=1",
                       f"exp_manager.explicit_log_dir={run_dir}", "eval=[ifeval]", f"eval.ifeval.prompts={ifeval}",
@@ -86,7 +87,7 @@ def test_eval_hooks_run_after_a_training_stage(tmp_path):
 
 
 def test_mt_bench_without_judge_is_skipped_not_failed(tiny_ckpt, tmp_path):
-    mt = shared_path("evaldata", "mt_bench")
+    mt = MT_BENCH
     cfg = compose_cfg(*TINY, "stage=eval", "eval=[mt_bench]", f"eval.model={tiny_ckpt}", f"eval.mt_bench.data={mt}")
     from recipes.evaluate import run
 

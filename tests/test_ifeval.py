@@ -1,5 +1,9 @@
 """IFEval: conformance with Google's official results for GPT-4's responses, offline Punkt,
-input handling, and run_ifeval with a fake model.
+input handling, run_ifeval with a fake model, and the same verdict on every run.
+
+The conformance rows are tests/fixtures/ifeval/: 48 of the 541 prompts, chosen so that each of the 25
+instruction types is followed, failed, and (where any row does) scored differently strict and loose, with the
+official eval_results rows for the same keys (all 541: bench/conformance.py).
 
 Keys 1122 and 1129 use `keywords:letter_frequency` with a non-letter ('#', '!'); the reference
 checker then swaps in `random.choice(string.ascii_letters)`, so that one instruction of each is
@@ -20,7 +24,7 @@ import pytest
 from data_prep.jsonl import RowError
 from eval import ifeval
 from eval.clients import SamplingParams
-from tests.conftest import shared_path
+from tests.conftest import FIXTURES
 
 NONDETERMINISTIC = {1122: "keywords:letter_frequency", 1129: "keywords:letter_frequency"}
 RUN = "gpt4_20231107_145030"
@@ -32,9 +36,9 @@ def jsonl(path):
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """Score GPT-4's 541 responses once through the CLI; return (output dir, prompts, official dir)."""
-    prompts_file = shared_path("evaldata", "ifeval", "input_data.jsonl")
-    official = shared_path("evaldata", "ifeval", RUN)
+    """Score GPT-4's responses once through the CLI; return (output dir, prompts, official dir)."""
+    official = FIXTURES / "ifeval"
+    prompts_file = official / "input_data.jsonl"
     out = tmp_path_factory.mktemp("ifeval")
     rc = ifeval.main(["score", "--input", str(official / f"input_response_data_{RUN}.jsonl"),
                       "--prompts", str(prompts_file), "--output-dir", str(out)])
@@ -47,7 +51,7 @@ def test_per_prompt_results_match_official(scored, mode):
     out, prompts, official = scored
     ours = (out / f"eval_results_{mode}.jsonl").read_text().splitlines()
     ref = (official / f"eval_results_{mode}.jsonl").read_text().splitlines()
-    assert len(ours) == len(ref) == len(prompts) == 541
+    assert len(ours) == len(ref) == len(prompts) == 48
     compared = 0
     for p, our_line, ref_line in zip(prompts, ours, ref):
         if p.key not in NONDETERMINISTIC:
@@ -59,13 +63,14 @@ def test_per_prompt_results_match_official(scored, mode):
         for inst, fa, fb in zip(a["instruction_id_list"], a["follow_instruction_list"], b["follow_instruction_list"]):
             if inst != NONDETERMINISTIC[p.key]:
                 assert fa == fb, f"key {p.key} {inst}"
-    assert compared == 539
+    assert compared == 46
 
 
 def test_metrics_reproduce_expected(scored):
     out, prompts, official = scored
     expected = json.loads((official / "expected_metrics.json").read_text())
     assert sorted(expected["nondeterministic_keys"]) == sorted(NONDETERMINISTIC)
+    assert expected["keys"] == [p.key for p in prompts]
     rows = {}
     for mode in ("strict", "loose"):
         ours, ref = jsonl(out / f"eval_results_{mode}.jsonl"), jsonl(official / f"eval_results_{mode}.jsonl")
@@ -83,13 +88,14 @@ def test_metrics_reproduce_expected(scored):
 
 
 def test_summary_files(scored):
-    out, _, _ = scored
+    out, _, official = scored
+    expected = json.loads((official / "expected_metrics.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["n_prompts"], summary["n_instructions"]) == (541, 834)
+    assert (summary["n_prompts"], summary["n_instructions"]) == (48, 80) == (expected["n_prompts"], expected["n_instructions"])
     assert len(summary["per_instruction"]) == 25 and len(summary["per_category"]) == 9
-    assert sum(d["n"] for d in summary["per_instruction"].values()) == 834
+    assert sum(d["n"] for d in summary["per_instruction"].values()) == 80
     # at most the two random instructions can move the headline numbers
-    assert abs(summary["instruction_level_strict"] - 0.8369304556354916) <= 2 / 834 + 1e-12
+    assert abs(summary["instruction_level_strict"] - expected["inst_level_strict_acc"]) <= 2 / 80 + 1e-12
     md = (out / "summary.md").read_text()
     assert "| prompt |" in md and "| keywords:letter_frequency |" in md
 
@@ -107,6 +113,47 @@ def test_random_fallback_is_seeded_and_global_state_kept():
         verdicts.add(tuple(ifeval.check_response(p, "aaaa bbbb cccc dddd eeee", loose=False)["follow_instruction_list"]))
         assert random.getstate() == before
     assert len(verdicts) == 1
+
+
+# A short lowercase English haiku that langdetect, unseeded, calls 'en' or 'nl' (about 60/40), so that
+# change_case:english_lowercase was followed on one run and not on the next (issue 13, item 8).
+HAIKU = "green hills of kerry\nsheep on the green donegal hills\ngreen land under mist"
+LANGDETECT_CHECK = """
+import json, random, sys, langdetect
+from langdetect import DetectorFactory, detector_factory
+from eval import ifeval
+haiku = sys.argv[1]
+unseeded = sorted({langdetect.detect(haiku) for _ in range(100)})
+p = ifeval.IFEvalPrompt(1, "Write a haiku about Ireland, all lowercase.", ["change_case:english_lowercase"], [{}])
+random.seed(1)
+before = random.getstate()
+verdicts = [ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0] for _ in range(10)]
+kept = [DetectorFactory.seed is None, random.getstate() == before]
+DetectorFactory.seed = 7  # the caller's own seed, given back after scoring
+verdicts.append(ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0])
+detector_factory._factory.set_seed(5)  # a seed set on the loaded factory wins over the class's
+verdicts.append(ifeval.check_response(p, haiku, loose=False)["follow_instruction_list"][0])
+kept += [detector_factory._factory.seed == 5, DetectorFactory.seed == 7, random.getstate() == before]
+print(json.dumps({"unseeded": unseeded, "verdicts": verdicts, "kept": kept}))
+"""
+
+
+def test_language_detection_gives_the_same_verdict_every_run():
+    """In fresh processes (langdetect's seed is per process), the haiku that unseeded langdetect calls
+    'en' or 'nl' is scored the same 12 times in each, and the caller's langdetect and random state are kept."""
+    env = {**os.environ, "PYTHONHASHSEED": "random"}
+    procs = [subprocess.Popen([sys.executable, "-c", LANGDETECT_CHECK, HAIKU], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+             for _ in range(3)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for r in results:
+        assert len(r["unseeded"]) > 1, r["unseeded"]  # the text really is unstable without a seed
+        assert r["verdicts"] == [True] * 12  # seeded: English, every time
+        assert all(r["kept"]), r["kept"]
 
 
 def test_loose_variants_in_google_order():

@@ -1,5 +1,6 @@
 """MT-Bench: judge prompts, rating parsing and aggregation against a real GPT-4 judging run
-(FastChat layout, ../shared/evaldata/mt_bench), and an end-to-end run with a fake judge server."""
+(FastChat layout, tests/fixtures/mt_bench: all 80 questions, 32 of the run's 160 judgments; all 160:
+bench/conformance.py), and an end-to-end run with a fake judge server."""
 
 import json
 from pathlib import Path
@@ -9,10 +10,11 @@ import pytest
 from data_prep.jsonl import RowError
 from eval import mt_bench
 from eval.clients import OpenAIChatClient, SamplingParams
-from tests.conftest import shared_path
+from tests.conftest import FIXTURES
 from tests.test_clients import FakeServer, chat_reply
 
 MODEL = "llama-2-chat-7b-0.1-0.1"
+MT = FIXTURES / "mt_bench"
 
 
 def jsonl(path):
@@ -21,12 +23,12 @@ def jsonl(path):
 
 @pytest.fixture(scope="module")
 def data():
-    return mt_bench.load_data(shared_path("evaldata", "mt_bench"))
+    return mt_bench.load_data(MT)
 
 
 @pytest.fixture(scope="module")
 def judgments():
-    return jsonl(shared_path("evaldata", "mt_bench", "model_judgment", f"gpt-4_single_{MODEL}.jsonl"))
+    return jsonl(MT / "model_judgment" / f"gpt-4_single_{MODEL}.jsonl")
 
 
 def test_data_loads(data):
@@ -37,9 +39,9 @@ def test_data_loads(data):
 
 
 def test_judge_prompts_equal_fastchat_user_prompts_byte_for_byte(data, judgments):
-    answers = {r["question_id"]: r for r in jsonl(shared_path("evaldata", "mt_bench", "model_answer", f"{MODEL}.jsonl"))}
+    answers = {r["question_id"]: r for r in jsonl(MT / "model_answer" / f"{MODEL}.jsonl")}
     questions = {q["question_id"]: q for q in data.questions}
-    assert len(judgments) == 160
+    assert len(judgments) == 32  # 2 questions per category, both turns
     seen = set()
     for row in judgments:
         q = questions[row["question_id"]]
@@ -79,7 +81,7 @@ def test_parse_rating_reproduces_every_real_score(judgments):
 
 
 def test_aggregate_reproduces_expected_scores(data, judgments):
-    expected = json.loads(shared_path("evaldata", "mt_bench", f"expected_scores_{MODEL}.json").read_text())
+    expected = json.loads((MT / f"expected_scores_{MODEL}.json").read_text())
     got = mt_bench.aggregate(judgments, data.questions)
     assert got["n_judgments"] == expected["n_judgments"] and got["n_invalid"] == expected["n_invalid_score_minus_1"]
     for key in ("first_turn", "second_turn", "average"):
@@ -101,12 +103,11 @@ def test_aggregate_drops_unparsed_scores():
 
 
 def test_cli_score_json(judgments, capsys):
-    path = shared_path("evaldata", "mt_bench", "model_judgment", f"gpt-4_single_{MODEL}.jsonl")
-    questions = shared_path("evaldata", "mt_bench", "question.jsonl")
-    assert mt_bench.main(["score", "--judgments", str(path), "--questions", str(questions), "--json"]) == 0
+    path = MT / "model_judgment" / f"gpt-4_single_{MODEL}.jsonl"
+    assert mt_bench.main(["score", "--judgments", str(path), "--questions", str(MT / "question.jsonl"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert (got["first_turn"], got["second_turn"], got["average"]) == (6.75, 5.775, 6.2625)
-    assert got["categories"]["writing"] == pytest.approx(9.2)
+    assert (got["first_turn"], got["second_turn"], got["average"]) == (5.3125, 4.4375, 4.875)  # expected_scores_*.json
+    assert got["categories"]["writing"] == pytest.approx(8.5)
 
 
 def test_bad_judgment_row_names_file_line_field(tmp_path):
@@ -120,7 +121,7 @@ def test_bad_judgment_row_names_file_line_field(tmp_path):
 def test_cli_bad_file_exits_2_naming_file_line(tmp_path, capsys):
     path = tmp_path / "j.jsonl"
     path.write_text('{"question_id": 81, "model": "m", "judge": ["j", "single-v1"], "turn": 1}\n')
-    questions = shared_path("evaldata", "mt_bench", "question.jsonl")
+    questions = MT / "question.jsonl"
     assert mt_bench.main(["score", "--judgments", str(path), "--questions", str(questions)]) == 2
     assert "error: j.jsonl:1: score" in capsys.readouterr().err
     assert mt_bench.main(["score", "--judgments", str(tmp_path / "nope.jsonl"), "--questions", str(questions)]) == 2

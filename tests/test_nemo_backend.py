@@ -12,7 +12,7 @@ import pytest
 
 from recipes.backends import nemo_backend as nb
 from recipes import convert, executors
-from tests.conftest import REPO, compose_cfg, shared_path
+from tests.conftest import FIXTURES, REPO, compose_cfg
 
 DATA = ("model.data.train_ds.file_path=/data/train.jsonl", "model.data.validation_ds.file_path=/data/val.jsonl")
 BASE = ("backend=nemo", "model=hf", "data=none", "logger.wandb.enabled=false",
@@ -34,7 +34,7 @@ def as_dict(overrides):
 @pytest.fixture(scope="module")
 def v070():
     """{config name: {dotted key: default}} of NeMo-Aligner v0.7.0's training yamls."""
-    data = json.loads(shared_path("reference", "nemo_aligner_v0.7.0_config_keys.json").read_text())
+    data = json.loads((FIXTURES / "nemo_aligner" / "nemo_aligner_v0.7.0_config_keys.json").read_text())
     return {name: c["keys"] for name, c in data["configs"].items()}
 
 

@@ -8,13 +8,13 @@ from collections import Counter
 import pytest
 
 from eval import reward_bench as rb
-from tests.conftest import REPO, shared_path
+from tests.conftest import FIXTURES, REPO, REWARD_BENCH_ROWS
 
 SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
 
 
 def known_models():
-    return json.loads(shared_path("evaldata", "rewardbench", "known_model_results.json").read_text())["models"]
+    return json.loads((FIXTURES / "rewardbench" / "known_model_results.json").read_text())["models"]
 
 
 def test_constants_match_reward_bench():
@@ -90,15 +90,18 @@ def test_weighted_reward():
         rb.weighted_reward([1.0, 2.0])
 
 
-def test_load_rows_filtered_first500():
-    rows = rb.load_rows(str(shared_path("evaldata", "rewardbench", "filtered_first500.jsonl")))
-    assert len(rows) == 500
+def test_load_rows_of_the_demo_subset():
+    """data/demo/reward_bench_subset.jsonl holds what data/demo/README.md says: 8 real pairs of every subset in
+    the first 500 `filtered` rows (llmbar-adver-neighbor has only 5 there), 40 Chat and 21 Chat Hard."""
+    rows = rb.load_rows(str(REWARD_BENCH_ROWS))
+    assert len(rows) == 61
     assert set(rows[0]) == set(rb.ROW_KEYS)
     counts = Counter(r["subset"] for r in rows)
-    assert set(counts) <= set(rb.EXAMPLE_COUNTS)
-    for name in rb.SECTIONS["Chat"]:  # the whole Chat section is in the first 500 rows
-        assert counts[name] == rb.EXAMPLE_COUNTS[name]
-    assert counts["mt-bench-hard"] == 37 and counts["llmbar-natural"] == 100
+    assert counts == {"alpacaeval-easy": 8, "alpacaeval-length": 8, "alpacaeval-hard": 8, "mt-bench-easy": 8,
+                      "mt-bench-med": 8, "mt-bench-hard": 8, "llmbar-natural": 8, "llmbar-adver-neighbor": 5}
+    per_section = {s: sum(counts[n] for n in names) for s, names in rb.SECTIONS.items()}
+    assert per_section == {"Chat": 40, "Chat Hard": 21, "Safety": 0, "Reasoning": 0}
+    assert len({r["id"] for r in rows}) == 61 and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
     # a constant scorer ties every pair: 0 everywhere
     tied = [{"subset": r["subset"], "chosen_score": 0.0, "rejected_score": 0.0} for r in rows]
     assert rb.section_scores(rb.score_pairs(tied))["Chat"] == 0.0

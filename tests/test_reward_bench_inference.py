@@ -12,13 +12,13 @@ import torch
 from eval import reward_bench as rb
 from recipes import rm
 from recipes.reward_model import load_reward_model, rm_text, score_texts
-from tests.conftest import REPO, TINY, compose_cfg, shared_path
+from tests.conftest import REPO, REWARD_BENCH_ROWS, TINY, compose_cfg
 
 FIXTURE = REPO / "tests" / "fixtures" / "rm_tiny.jsonl"
 
 
 def bench_file() -> Path:
-    return shared_path("evaldata", "rewardbench", "filtered_first500.jsonl")
+    return REWARD_BENCH_ROWS  # the demo's 61 real RewardBench pairs (data/demo/README.md)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,18 @@ def test_limit_spans_subsets_in_file_order():
 
 
 def test_cli_run_then_score(reward_model, tmp_path):
+    """The whole demo subset, scored by a tiny RM: every pair once, per-section counts as data/demo/README.md says."""
     out = tmp_path / "rb"
     cmd = [sys.executable, "-m", "eval.reward_bench", "run", "--reward-model", str(reward_model),
-           "--data", str(bench_file()), "--limit", "60", "--output-dir", str(out), "--batch-size", "8"]
+           "--data", str(bench_file()), "--output-dir", str(out), "--batch-size", "8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| Chat |" in proc.stdout and "| Chat Hard |" in proc.stdout and "| mt-bench-hard |" in proc.stdout
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert len(results) == 60 and len(Counter(r["subset"] for r in results)) == 8  # every subset of the file
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in rb.load_rows(str(bench_file())))
+    counts = Counter(r["subset"] for r in results)
+    assert len(counts) == 8 and {s: sum(counts[n] for n in names) for s, names in rb.SECTIONS.items()} == {
+        "Chat": 40, "Chat Hard": 21, "Safety": 0, "Reasoning": 0}
     scores = json.loads((out / "scores.json").read_text())
     # The existing scorer reads what `run` wrote and agrees with it.
     proc = subprocess.run([sys.executable, "-m", "eval.reward_bench", "score", "--results", str(out / "results.jsonl"),

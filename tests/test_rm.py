@@ -24,7 +24,7 @@ from recipes.reward_model import (
     save_rm_checkpoint,
     score_texts,
 )
-from tests.conftest import REPO, TINY, compose_cfg, shared_path
+from tests.conftest import FIXTURES, REPO, TINY, compose_cfg
 
 FIXTURE = REPO / "tests" / "fixtures" / "rm_tiny.jsonl"  # 8 rows; rows 2, 5, 7 lack some attributes
 PREF = REPO / "tests" / "fixtures" / "rm_pref_tiny.jsonl"  # 4 HelpSteer2-Preference pairs
@@ -163,15 +163,15 @@ def test_bad_row_names_file_line_and_field(tmp_path):
 def test_learns_helpsteer_better_than_the_training_mean(tmp_path):
     from data_prep.helpsteer2 import convert_helpsteer2
 
-    convert_helpsteer2(str(shared_path("data", "helpsteer_v1_sample.jsonl")), tmp_path / "data", val_fraction=0.2)
+    convert_helpsteer2(str(FIXTURES / "helpsteer" / "helpsteer_v1_sample.jsonl"), tmp_path / "data", val_fraction=0.2)
     train_file, val_file = tmp_path / "data" / "train_reg.jsonl", tmp_path / "data" / "val_reg.jsonl"
     train = [json.loads(x)["label"] for x in train_file.read_text().splitlines()]
     val = [json.loads(x)["label"] for x in val_file.read_text().splitlines()]
-    assert len(val) >= 80
+    assert len(val) >= 40
     mean = [sum(r[i] for r in train) / len(train) for i in range(9) if train[0][i] != -100]
     baseline = sum((r[4 + i] - mean[i]) ** 2 for r in val for i in range(5)) / (5 * len(val))
     run_dir = tmp_path / "run"
-    # ~2.5 epochs of 392 rows; the last 256 tokens of each row (the response end and <extra_id_2>).
+    # ~5 epochs of 188 rows; the last 256 tokens of each row (the response end and <extra_id_2>).
     rm.run(cfg_for(run_dir, f"model.data.validation_ds.file_path={val_file}", "trainer.max_steps=60",
                    "data.max_seq_length=256", "model.global_batch_size=16", "model.micro_batch_size=16",
                    train=train_file), run_dir)

@@ -31,7 +31,8 @@ from data_prep.helpsteer2 import convert_helpsteer2  # noqa: E402
 from data_prep.schemas import validate_dpo_pair  # noqa: E402
 from data_prep.sdg import convert_sdg  # noqa: E402
 
-SAMPLE = Path(os.environ.get("RECIPES_SHARED_DIR", REPO.parent / "shared")) / "data" / "helpsteer_v1_sample.jsonl"
+# 236 real nvidia/HelpSteer rows shipped with the repo (tests/fixtures/helpsteer/README.md)
+SAMPLE = REPO / "tests" / "fixtures" / "helpsteer" / "helpsteer_v1_sample.jsonl"
 SDG_FIXTURE = REPO / "tests" / "fixtures" / "data_prep" / "sdg_records.jsonl"
 NEMOTRON_TOKENS = {"system_turn_start": "<extra_id_0>", "turn_start": "<extra_id_1>", "label_start": "<extra_id_2>",
                    "end_of_turn": "\n", "end_of_name": "\n"}
@@ -45,8 +46,6 @@ def read(path):
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     """Every file type our scripts write, from real HelpSteer rows and the SDG fixture."""
-    if not SAMPLE.exists():
-        pytest.skip(f"needs {SAMPLE} (the project's shared data)")
     root = tmp_path_factory.mktemp("generated")
     convert_helpsteer2(str(SAMPLE), root / "hs2", val_fraction=0.2, epochs=2, rm_pairs=True)
     convert_helpsteer2(str(SAMPLE), root / "hs2_oh", val_fraction=0.2, only_helpfulness=True)
