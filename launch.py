@@ -3,15 +3,18 @@
 
 Hydra composes conf/ over the structured configs in recipes/config.py, then the
 chosen backend runs the stage. `--help` lists the config groups, `--cfg job`
-prints the resolved config. Outputs go to one run directory:
-`exp_manager.explicit_log_dir`, or Hydra's `runs/<stage>/<timestamp>/`.
+prints the resolved config. Outputs go to one run directory, `exp_manager.explicit_log_dir`, or
+`runs/<stage>/<timestamp>/`: config.yaml, launch.log (everything logged at INFO and above), the stage's
+files. Nothing is written outside it, and `dry_run=true` writes nothing (backend=nemo: the command files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -30,7 +33,7 @@ register_configs()
 def run_dir_for(cfg: DictConfig) -> Path:
     if cfg.exp_manager.explicit_log_dir:
         return Path(cfg.exp_manager.explicit_log_dir).resolve()
-    return Path(HydraConfig.get().runtime.output_dir).resolve()
+    return (Path("runs") / cfg.stage.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
 
 
 def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
@@ -38,33 +41,16 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
     from recipes import pipeline
 
     try:
-        report = pipeline.run(cfg, overrides)
+        pipeline.run(cfg, overrides)  # it prints the summary and where everything is
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s", err)
         sys.exit(f"error: {err}")
-    if not cfg.dry_run:
-        print(f"\nDone: pipeline {cfg.pipeline.name} finished.\n  report: {report}")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    problems = validate(cfg)
-    if problems:
-        sys.exit("config error: " + "; ".join(problems))
-    from recipes import pipeline
-
-    overrides = list(HydraConfig.get().overrides.task)
-    if cfg.pipeline.name and not pipeline.picks_stage(overrides):  # `stage=`/`experiment=` run one stage
-        return run_pipeline(cfg, overrides)
-    run_dir = run_dir_for(cfg)
-    if cfg.resume and not cfg.exp_manager.explicit_log_dir:
-        sys.exit("config error: resume=true needs exp_manager.explicit_log_dir=<the run directory to resume>")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from recipes import loop
-
-    loop.save_config(cfg, run_dir)
+def run_stage(cfg: DictConfig, run_dir: Path) -> Path:
+    """The backend runs the stage; bad data or settings end in one clear line, not a traceback."""
     if cfg.backend.name == "torch":
         from recipes.backends import torch_backend as backend
     elif cfg.backend.name == "nemo":
@@ -72,21 +58,62 @@ def main(cfg: DictConfig) -> None:
     else:  # validate() only lets known backends through
         raise AssertionError(cfg.backend.name)
     try:
-        out = backend.run(cfg, run_dir)
+        return backend.run(cfg, run_dir)
     except (ValueError, FileNotFoundError) as err:
-        # Bad data or settings: one clear line, not a traceback (HYDRA_FULL_ERROR=1 shows it).
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # shows the traceback
             raise
         log.error("%s", err)
         sys.exit(f"error: {err}")
+
+
+def print_done(cfg: DictConfig, run_dir: Path, out: Path) -> None:
+    """Where everything is, and the eval results when the stage ran benchmarks."""
+    from recipes.backends.torch_backend import TRAINING_STAGES
+    from recipes.runlog import say
+
     if cfg.backend.name == "nemo" and (cfg.dry_run or cfg.executor.name != "local"):
         # Printed or submitted, not finished: nemo_backend said what it wrote and where the output will be.
-        print(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
+        say(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
         return
-    print(f"\nDone: {cfg.stage.name} finished.\n  run directory: {run_dir}\n  checkpoint:    {out}")
-    metrics = run_dir / "metrics.csv"
-    if metrics.exists():
-        print(f"  metrics:       {metrics} (and metrics.jsonl)")
+    results = run_dir / "eval" / "results.md"
+    if results.is_file():
+        say(f"\n{results.read_text().rstrip()}")
+    rows = [("run directory", run_dir), ("checkpoint" if cfg.stage.name in TRAINING_STAGES else "output", out)]
+    if (run_dir / "metrics.csv").exists():
+        rows.append(("metrics", f"{run_dir / 'metrics.csv'} (and metrics.jsonl)"))
+    if results.is_file():
+        rows.append(("eval results", f"{results} (and results.json)"))
+    if (run_dir / "launch.log").exists():
+        rows.append(("log", run_dir / "launch.log"))
+    say(f"\nDone: {cfg.stage.name} finished.\n" + "\n".join(f"  {k + ':':<15}{v}" for k, v in rows))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    problems = validate(cfg)
+    if problems:
+        sys.exit("config error: " + "; ".join(problems))
+    from recipes import pipeline, runlog
+
+    overrides = list(HydraConfig.get().overrides.task)
+    if cfg.pipeline.name and not pipeline.picks_stage(overrides):  # `stage=`/`experiment=` run one stage
+        return run_pipeline(cfg, overrides)
+    run_dir = run_dir_for(cfg)
+    if cfg.resume and not cfg.exp_manager.explicit_log_dir:
+        sys.exit("config error: resume=true needs exp_manager.explicit_log_dir=<the run directory to resume>")
+    if cfg.dry_run and cfg.backend.name == "torch":
+        runlog.say(f"dry run: stage {cfg.stage.name} would run on backend torch in {run_dir}; nothing was run or "
+                   "written (`--cfg job` prints the resolved config)")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from recipes import loop
+
+    loop.save_config(cfg, run_dir)
+    # backend=nemo with dry_run=true writes its command files to the run directory, and no log.
+    with contextlib.nullcontext() if cfg.dry_run else runlog.log_file(run_dir / "launch.log"):
+        runlog.say(f"=== {cfg.stage.name} (backend {cfg.backend.name}): run directory {run_dir}")
+        out = run_stage(cfg, run_dir)
+        print_done(cfg, run_dir, Path(out))
 
 
 if __name__ == "__main__":
