@@ -24,9 +24,9 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from recipes import runlog  # noqa: E402
 from recipes.config import check_overrides, register_configs, validate  # noqa: E402
 
-log = logging.getLogger("launch")
 register_configs()
 
 
@@ -43,10 +43,27 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
     try:
         pipeline.run(cfg, overrides)  # it prints the summary and where everything is
     except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
+        fail(err)
+
+
+def fail(err: Exception, cfg: DictConfig | None = None) -> None:
+    """Bad data or settings: one clear line on stderr, not a traceback (HYDRA_FULL_ERROR=1 shows it)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    message = str(err) + (demo_data_hint(cfg, str(err)) if cfg is not None else "")
+    runlog.to_files(message, logging.ERROR)  # the run's log keeps it too
+    sys.exit(f"error: {message}")
+
+
+def demo_data_hint(cfg: DictConfig, message: str) -> str:
+    """`data=demo` (the default) names the SFT chat sample for every stage: when a stage that reads other rows
+    (dpo, rpo, rm) fails on one of its files, say where that file came from and what to give instead."""
+    files = [cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path]
+    demo = [Path(f).name for f in files if f and Path(f).parent == REPO / "data" / "demo"]
+    if cfg.stage.name not in ("rm", "dpo", "rpo") or not any(message.startswith(name) or f"/{name}" in message for name in demo):
+        return ""
+    return (f" ({', '.join(demo)}: the SFT chat sample that data=demo, the default, gives every stage; for "
+            f"stage={cfg.stage.name} add data=none and name your own model.data.train_ds.file_path)")
 
 
 def run_stage(cfg: DictConfig, run_dir: Path) -> Path:
@@ -60,24 +77,20 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> Path:
     try:
         return backend.run(cfg, run_dir)
     except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # shows the traceback
-            raise
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
+        fail(err, cfg)
 
 
 def print_done(cfg: DictConfig, run_dir: Path, out: Path) -> None:
     """Where everything is, and the eval results when the stage ran benchmarks."""
     from recipes.backends.torch_backend import TRAINING_STAGES
-    from recipes.runlog import say
 
     if cfg.backend.name == "nemo" and (cfg.dry_run or cfg.executor.name != "local"):
         # Printed or submitted, not finished: nemo_backend said what it wrote and where the output will be.
-        say(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
+        runlog.say(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
         return
     results = run_dir / "eval" / "results.md"
     if results.is_file():
-        say(f"\n{results.read_text().rstrip()}")
+        runlog.say(f"\n{results.read_text().rstrip()}")
     rows = [("run directory", run_dir), ("checkpoint" if cfg.stage.name in TRAINING_STAGES else "output", out)]
     if (run_dir / "metrics.csv").exists():
         rows.append(("metrics", f"{run_dir / 'metrics.csv'} (and metrics.jsonl)"))
@@ -85,7 +98,7 @@ def print_done(cfg: DictConfig, run_dir: Path, out: Path) -> None:
         rows.append(("eval results", f"{results} (and results.json)"))
     if (run_dir / "launch.log").exists():
         rows.append(("log", run_dir / "launch.log"))
-    say(f"\nDone: {cfg.stage.name} finished.\n" + "\n".join(f"  {k + ':':<15}{v}" for k, v in rows))
+    runlog.say(f"\nDone: {cfg.stage.name} finished.\n" + "\n".join(f"  {k + ':':<15}{v}" for k, v in rows))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -93,7 +106,7 @@ def main(cfg: DictConfig) -> None:
     problems = validate(cfg)
     if problems:
         sys.exit("config error: " + "; ".join(problems))
-    from recipes import pipeline, runlog
+    from recipes import pipeline
 
     overrides = list(HydraConfig.get().overrides.task)
     if cfg.pipeline.name and not pipeline.picks_stage(overrides):  # `stage=`/`experiment=` run one stage

@@ -19,7 +19,9 @@ cut the chain), and the runner's own (run directory, resume, eval hooks).
 Re-running skips a finished stage whose config hash and input hashes are unchanged, resumes an
 interrupted one (resume=true in the same directory), and runs the rest from scratch. Because inputs are
 hashed, a changed stage re-runs exactly the stages that consume its outputs, directly or not.
-`pipeline.only` / `pipeline.from` / `pipeline.until` select stages; `dry_run=true` prints the plan.
+`pipeline.only` / `pipeline.from` / `pipeline.until` select stages (`only` and `from` re-run what they
+select, done or not); `dry_run=true` prints the plan and writes nothing. Logs: <pipeline dir>/pipeline.log
+(all of it) and <stage dir>/launch.log (recipes/runlog.py).
 """
 
 from __future__ import annotations

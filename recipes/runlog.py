@@ -28,6 +28,11 @@ def log_file(path: Path):
         root.setLevel(logging.INFO)
     try:
         yield path
+    except BaseException as err:  # a crash or Ctrl-C: the log says so (once, in every log open), then it goes on
+        if not isinstance(err, SystemExit) and not getattr(err, "_in_run_log", False):
+            to_files(f"{type(err).__name__}: {err}", logging.ERROR, exc_info=(type(err), err, err.__traceback__))
+            err._in_run_log = True
+        raise
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -38,8 +43,13 @@ def say(message: str) -> None:
     """A line for the person at the terminal: printed as it is (no log prefix), and kept in the run logs
     that are open (the headers and summaries of a pipeline land in pipeline.log too)."""
     print(message, flush=True)
-    record = logging.getLogger("launch").makeRecord("launch", logging.INFO, __file__, 0, message.strip("\n"),
-                                                    None, None)
+    to_files(message)
+
+
+def to_files(message: str, level: int = logging.INFO, exc_info=None) -> None:
+    """Write `message` to the open run logs only (e.g. the error that launch.py prints once, on stderr)."""
+    record = logging.getLogger("launch").makeRecord("launch", level, __file__, 0, message.strip("\n"), None,
+                                                    exc_info)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -106,3 +106,16 @@ def test_sequence_length_comes_from_the_model_preset():
     assert length("stage=rm", "model=tiny", "data=none") == 2048 and length("stage=rm", "model=hf") == 4096
     assert length("experiment=nemotron4_340b/rm") == 4096  # the paper's
     assert length("stage=rm", "data=none", "data.max_seq_length=300") == 300
+
+
+def test_a_stage_failing_on_the_default_demo_sample_says_where_it_came_from():
+    """stage=dpo without data=none reads data=demo's SFT chat sample: the error names that, and the fix."""
+    sys.path.insert(0, str(REPO))
+    from launch import demo_data_hint
+
+    dpo = compose_cfg("stage=dpo", "model=tiny", "model.data.train_ds.file_path=/data/pairs.jsonl")
+    hint = demo_data_hint(dpo, "sft_val.jsonl:1: prompt: missing")
+    assert hint == (" (sft_val.jsonl: the SFT chat sample that data=demo, the default, gives every stage; for "
+                    "stage=dpo add data=none and name your own model.data.train_ds.file_path)")
+    assert demo_data_hint(dpo, "pairs.jsonl:3: prompt: missing") == ""  # the user's own file
+    assert demo_data_hint(compose_cfg("stage=sft"), "sft_val.jsonl:1: conversations: missing") == ""  # it fits SFT
