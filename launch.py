@@ -60,7 +60,8 @@ def demo_data_hint(cfg: DictConfig, message: str) -> str:
     (dpo, rpo, rm) fails on one of its files, say where that file came from and what to give instead."""
     files = [cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path]
     demo = [Path(f).name for f in files if f and Path(f).parent == REPO / "data" / "demo"]
-    if cfg.stage.name not in ("rm", "dpo", "rpo") or not any(message.startswith(name) or f"/{name}" in message for name in demo):
+    named = any(message.startswith(name) or f"/{name}" in message for name in demo)
+    if cfg.stage.name not in ("rm", "dpo", "rpo") or not named:
         return ""
     return (f" ({', '.join(demo)}: the SFT chat sample that data=demo, the default, gives every stage; for "
             f"stage={cfg.stage.name} add data=none and name your own model.data.train_ds.file_path)")

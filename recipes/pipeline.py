@@ -494,7 +494,7 @@ def _run(cfg, cli_overrides: list[str]) -> Path:
         print_plan(p.name, pdir, cfg, plan)
         return pdir / "report.md"
     path = report.write_report(pdir, manifest)
-    print_summary(p.name, pdir, manifest, plan, path)
+    runlog.say(report.summary(p.name, pdir, manifest, [(j.name, j.kind, action) for j, action, _ in plan], path))
     return path
 
 
@@ -536,31 +536,8 @@ def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdi
                  metrics=report.stage_metrics(job.kind, job.dir, out, job.outputs.get("report")))
     save_manifest(pdir, manifest)
     report.write_report(pdir, manifest)
-    result = brief(job.name, entry)
+    result = report.brief(job.name, entry)
     runlog.say(f"=== {job.name}: {entry['status']} in {seconds:.0f} s -> {out}" + (f" ({result})" if result else ""))
-
-
-def brief(name: str, entry: dict) -> str:
-    """A finished stage's few numbers, for one line: rows written, loss, val loss, IFEval, MT-Bench, RewardBench."""
-    from recipes import report
-
-    row, data, parts = report.stage_row(name, entry), entry.get("metrics", {}).get("data") or {}, []
-    if data.get("outputs"):
-        parts.append("rows " + ", ".join(f"{f.rsplit('.jsonl', 1)[0]} {c.get('rows_out')}" for f, c in data["outputs"].items()))
-    elif "responses" in data:
-        mean = data.get("reward_mean")
-        parts.append(f"{data['responses']} responses" + (f", reward mean {mean:.2f}" if mean is not None else ""))
-    if row["loss_first"] is not None:
-        parts.append(f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
-    if row["val_loss"] is not None:
-        parts.append(f"val loss {row['val_loss']:.3f}")
-    if row["ifeval_p"] is not None:
-        parts.append(f"IFEval prompt/instr-strict {100 * row['ifeval_p']:.1f}/{100 * row['ifeval_i']:.1f}")
-    if row["mt_bench"] is not None:
-        parts.append(f"MT-Bench {row['mt_bench']:.2f}")
-    if row["reward_bench"] is not None:
-        parts.append(f"RewardBench {row['reward_bench']:.1f}")
-    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- metrics and manifest
@@ -582,29 +559,6 @@ def load_manifest(pdir: Path, name: str, cfg) -> dict:
 def save_manifest(pdir: Path, manifest: dict) -> None:
     manifest["updated"] = _now()
     atomic_write_text(pdir / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-
-
-def print_summary(name: str, pdir: Path, manifest: dict, plan: list, report_path: Path) -> None:
-    """The end of a run: one line per stage (what happened, its numbers), then where everything is."""
-    from recipes import runlog
-
-    stages = manifest["stages"]
-    lines = [f"\npipeline {name}: summary"]
-    for i, (job, action, _) in enumerate(plan, 1):
-        e = stages[job.name]
-        seconds = f"{e['seconds']:.0f} s" if e.get("seconds") is not None and action not in ("skip", "-") else ""
-        lines.append(f"{i:>3}. {job.name:<14} {job.kind:<16} {action:<7} {e.get('status', ''):<9} {seconds:>6}  "
-                     f"{brief(job.name, e)}")
-    done = sum(stages[j.name].get("status") == "done" for j, _, _ in plan)
-    lines.append(f"\nDone: pipeline {name}, {done}/{len(plan)} stages done.")
-    lines.append(f"  directory: {pdir} (one directory per stage: config.yaml, launch.log, checkpoints/, eval/)")
-    lines.append(f"  report:    {report_path}")
-    lines.append(f"  manifest:  {pdir / 'manifest.json'}")
-    lines.append(f"  log:       {pdir / 'pipeline.log'}")
-    last = [j for j, _, _ in plan if j.kind in TRAINING_STAGES and stages[j.name].get("status") == "done"]
-    if last:
-        lines.append(f"  last checkpoint: {stages[last[-1].name]['outputs']['checkpoint']['path']} ({last[-1].name})")
-    runlog.say("\n".join(lines))
 
 
 def print_plan(name: str, pdir: Path, cfg, plan: list) -> None:
