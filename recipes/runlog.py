@@ -28,10 +28,11 @@ def log_file(path: Path):
         root.setLevel(logging.INFO)
     try:
         yield path
-    except BaseException as err:  # a crash or Ctrl-C: the log says so (once, in every log open), then it goes on
+    except BaseException as err:  # a crash or Ctrl-C: logged with its traceback (once, in every log open)
         if not isinstance(err, SystemExit) and not getattr(err, "_in_run_log", False):
             to_files(f"{type(err).__name__}: {err}", logging.ERROR, exc_info=(type(err), err, err.__traceback__))
-            err._in_run_log = True
+            with contextlib.suppress(AttributeError):
+                err._in_run_log = True
         raise
     finally:
         root.removeHandler(handler)

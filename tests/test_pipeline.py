@@ -178,6 +178,8 @@ def test_run_logs_land_in_the_pipeline_and_stage_directories(history):
     log = (pdir / "pipeline.log").read_text()  # every run appended to it, headers included
     assert "=== [9/11] dpo (dpo): resume (failed earlier; resume in the same directory)" in log
     assert "][recipes.dpo][INFO] reference log-probs for train_dpo.jsonl" in log
+    assert log.count("][launch][ERROR] KeyboardInterrupt") == 1  # the kill, with its traceback, logged once
+    assert "[launch][ERROR] KeyboardInterrupt" in (pdir / "dpo" / "launch.log").read_text()  # resumed: kept
     stage_log = (pdir / "rpo_2" / "launch.log").read_text()  # its own records only
     assert "][recipes.dpo][INFO] train: {'rows': 12" in stage_log and "recipes.sft" not in stage_log
     assert all((pdir / n / "launch.log").is_file() for n in STAGES)
