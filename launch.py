@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from recipes import runlog  # noqa: E402
 from recipes.config import check_overrides, register_configs, validate  # noqa: E402
 
 register_configs()
+# peft asks transformers 5 for a deprecated property on every LoRA stage: a warning per stage the user can do
+# nothing about (peft's to fix), so the demo's output shows it no more.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
