@@ -3,15 +3,19 @@
 
 Hydra composes conf/ over the structured configs in recipes/config.py, then the
 chosen backend runs the stage. `--help` lists the config groups, `--cfg job`
-prints the resolved config. Outputs go to one run directory:
-`exp_manager.explicit_log_dir`, or Hydra's `runs/<stage>/<timestamp>/`.
+prints the resolved config. Outputs go to one run directory, `exp_manager.explicit_log_dir`, or
+`runs/<stage>/<timestamp>/`: config.yaml, launch.log (everything logged at INFO and above), the stage's
+files. Nothing is written outside it, and `dry_run=true` writes nothing (backend=nemo: the command files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -21,16 +25,19 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from recipes import runlog  # noqa: E402
 from recipes.config import check_overrides, register_configs, validate  # noqa: E402
 
-log = logging.getLogger("launch")
 register_configs()
+# peft asks transformers 5 for a deprecated property on every LoRA stage: a warning per stage the user can do
+# nothing about (peft's to fix), so the demo's output shows it no more.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
     if cfg.exp_manager.explicit_log_dir:
         return Path(cfg.exp_manager.explicit_log_dir).resolve()
-    return Path(HydraConfig.get().runtime.output_dir).resolve()
+    return (Path("runs") / cfg.stage.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
 
 
 def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
@@ -38,14 +45,65 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
     from recipes import pipeline
 
     try:
-        report = pipeline.run(cfg, overrides)
+        pipeline.run(cfg, overrides)  # it prints the summary and where everything is
     except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
-    if not cfg.dry_run:
-        print(f"\nDone: pipeline {cfg.pipeline.name} finished.\n  report: {report}")
+        fail(err)
+
+
+def fail(err: Exception, cfg: DictConfig | None = None) -> None:
+    """Bad data or settings: one clear line on stderr, not a traceback (HYDRA_FULL_ERROR=1 shows it)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    message = str(err) + (demo_data_hint(cfg, str(err)) if cfg is not None else "")
+    runlog.to_files(message, logging.ERROR)  # the run's log keeps it too
+    sys.exit(f"error: {message}")
+
+
+def demo_data_hint(cfg: DictConfig, message: str) -> str:
+    """`data=demo` (the default) names the SFT chat sample for every stage: when a stage that reads other rows
+    (dpo, rpo, rm) fails on one of its files, say where that file came from and what to give instead."""
+    files = [cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path]
+    demo = [Path(f).name for f in files if f and Path(f).parent == REPO / "data" / "demo"]
+    named = any(message.startswith(name) or f"/{name}" in message for name in demo)
+    if cfg.stage.name not in ("rm", "dpo", "rpo") or not named:
+        return ""
+    return (f" ({', '.join(demo)}: the SFT chat sample that data=demo, the default, gives every stage; for "
+            f"stage={cfg.stage.name} add data=none and name your own model.data.train_ds.file_path)")
+
+
+def run_stage(cfg: DictConfig, run_dir: Path) -> Path:
+    """The backend runs the stage; bad data or settings end in one clear line, not a traceback."""
+    if cfg.backend.name == "torch":
+        from recipes.backends import torch_backend as backend
+    elif cfg.backend.name == "nemo":
+        from recipes.backends import nemo_backend as backend
+    else:  # validate() only lets known backends through
+        raise AssertionError(cfg.backend.name)
+    try:
+        return backend.run(cfg, run_dir)
+    except (ValueError, FileNotFoundError) as err:
+        fail(err, cfg)
+
+
+def print_done(cfg: DictConfig, run_dir: Path, out: Path) -> None:
+    """Where everything is, and the eval results when the stage ran benchmarks."""
+    from recipes.backends.torch_backend import TRAINING_STAGES
+
+    if cfg.backend.name == "nemo" and (cfg.dry_run or cfg.executor.name != "local"):
+        # Printed or submitted, not finished: nemo_backend said what it wrote and where the output will be.
+        runlog.say(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
+        return
+    results = run_dir / "eval" / "results.md"
+    if results.is_file():
+        runlog.say(f"\n{results.read_text().rstrip()}")
+    rows = [("run directory", run_dir), ("checkpoint" if cfg.stage.name in TRAINING_STAGES else "output", out)]
+    if (run_dir / "metrics.csv").exists():
+        rows.append(("metrics", f"{run_dir / 'metrics.csv'} (and metrics.jsonl)"))
+    if results.is_file():
+        rows.append(("eval results", f"{results} (and results.json)"))
+    if (run_dir / "launch.log").exists():
+        rows.append(("log", run_dir / "launch.log"))
+    runlog.say(f"\nDone: {cfg.stage.name} finished.\n" + "\n".join(f"  {k + ':':<15}{v}" for k, v in rows))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -61,32 +119,19 @@ def main(cfg: DictConfig) -> None:
     run_dir = run_dir_for(cfg)
     if cfg.resume and not cfg.exp_manager.explicit_log_dir:
         sys.exit("config error: resume=true needs exp_manager.explicit_log_dir=<the run directory to resume>")
+    if cfg.dry_run and cfg.backend.name == "torch":
+        runlog.say(f"dry run: stage {cfg.stage.name} would run on backend torch in {run_dir}; nothing was run or "
+                   "written (`--cfg job` prints the resolved config)")
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     from recipes import loop
 
     loop.save_config(cfg, run_dir)
-    if cfg.backend.name == "torch":
-        from recipes.backends import torch_backend as backend
-    elif cfg.backend.name == "nemo":
-        from recipes.backends import nemo_backend as backend
-    else:  # validate() only lets known backends through
-        raise AssertionError(cfg.backend.name)
-    try:
-        out = backend.run(cfg, run_dir)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad data or settings: one clear line, not a traceback (HYDRA_FULL_ERROR=1 shows it).
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
-    if cfg.backend.name == "nemo" and (cfg.dry_run or cfg.executor.name != "local"):
-        # Printed or submitted, not finished: nemo_backend said what it wrote and where the output will be.
-        print(f"\n{cfg.stage.name}: run directory {run_dir}; final checkpoint (when done): {out}")
-        return
-    print(f"\nDone: {cfg.stage.name} finished.\n  run directory: {run_dir}\n  checkpoint:    {out}")
-    metrics = run_dir / "metrics.csv"
-    if metrics.exists():
-        print(f"  metrics:       {metrics} (and metrics.jsonl)")
+    # backend=nemo with dry_run=true writes its command files to the run directory, and no log.
+    with contextlib.nullcontext() if cfg.dry_run else runlog.log_file(run_dir / "launch.log"):
+        runlog.say(f"=== {cfg.stage.name} (backend {cfg.backend.name}): run directory {run_dir}")
+        out = run_stage(cfg, run_dir)
+        print_done(cfg, run_dir, Path(out))
 
 
 if __name__ == "__main__":

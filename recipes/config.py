@@ -142,6 +142,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     prompt_template: str = "nemotron"  # nemotron (<extra_id_*> model-card format) | hf (tokenizer chat template)
+    # Tokens per row. Precedence, lowest first: this default, the model preset (conf/model/: smollm2_135m 512,
+    # tiny 2048; hf keeps 4096), an experiment preset (the paper's 4096), a pipeline preset (demo: 256), the
+    # command line. Data presets do not set it, so data=none does not change it.
     max_seq_length: int = 4096
     overlong: str = "truncate"  # truncate (keep the first max_seq_length tokens) | drop
     on_bad_row: str = "error"  # error | skip (skipped rows go to <run dir>/rejects.jsonl)

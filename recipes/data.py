@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def read_rows(path: str, validate, data_cfg, rejects: Rejects) -> list[tuple[int, dict]]:
     rows = list(read_jsonl(path, validate, on_bad_row=data_cfg.on_bad_row, rejects=rejects))
     if not rows:
-        raise ValueError(f"{path}: no usable rows ({len(rejects)} rejected, see rejects.jsonl)")
+        raise ValueError(f"{path}: no usable rows ({len(rejects)} rejected, see rejects.jsonl)" if len(rejects)
+                         else f"{path}: the file has no rows")
     return rows
 
 

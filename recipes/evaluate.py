@@ -128,7 +128,9 @@ def results_markdown(results: dict) -> str:
     lines = ["| benchmark | metric | value |", "|---|---|---|"]
     for bench, res in results.items():
         for key, value in res.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, int) and not isinstance(value, bool):  # counts
+                lines.append(f"| {bench} | {key} | {value} |")
+            elif isinstance(value, (int, float)):
                 lines.append(f"| {bench} | {key} | {value:.4f} |")
             elif isinstance(value, str):
                 lines.append(f"| {bench} | {key} | {value} |")
@@ -143,6 +145,5 @@ def run(cfg, run_dir: Path) -> Path:
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"eval.model: no checkpoint directory at {model_dir}")
     out = run_dir / "eval"
-    results = run_hooks(cfg, model_dir, out)
-    print(results_markdown(results))
+    run_hooks(cfg, model_dir, out)  # launch.py prints results.md at the end, as after a training stage
     return out

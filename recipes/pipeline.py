@@ -19,7 +19,9 @@ cut the chain), and the runner's own (run directory, resume, eval hooks).
 Re-running skips a finished stage whose config hash and input hashes are unchanged, resumes an
 interrupted one (resume=true in the same directory), and runs the rest from scratch. Because inputs are
 hashed, a changed stage re-runs exactly the stages that consume its outputs, directly or not.
-`pipeline.only` / `pipeline.from` / `pipeline.until` select stages; `dry_run=true` prints the plan.
+`pipeline.only` / `pipeline.from` / `pipeline.until` select stages (`only` and `from` re-run what they
+select, done or not); `dry_run=true` prints the plan and writes nothing. Logs: <pipeline dir>/pipeline.log
+(all of it) and <stage dir>/launch.log (recipes/runlog.py).
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ def picks_stage(overrides: list[str]) -> bool:
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def rerun_selector(p) -> str | None:
+    """`pipeline.from` and `pipeline.only` name stages to re-run: they run even when done and unchanged
+    (`pipeline.until` alone only shortens the pipeline). Returns the selector as typed, for the plan."""
+    if p.only is not None and p.only != []:
+        only = p.only if isinstance(p.only, str) else ",".join(p.only)
+        return f"pipeline.only={only}"
+    return f"pipeline.from={p.get('from')}" if p.get("from") else None
 
 
 def pipeline_dir(cfg) -> Path:
@@ -322,8 +333,11 @@ def _eval_hooks(job: Job) -> None:
         job.overrides.append(f"eval.{bench}.enabled=true")  # shown in the plan and the manifest
 
 
-def decide(entry: dict, job: Job, upstream_runs: bool) -> tuple[str, str]:
-    """(action, reason): skip | eval (hooks only) | resume | run."""
+def decide(entry: dict, job: Job, upstream_runs: bool, rerun: str | None = None) -> tuple[str, str]:
+    """(action, reason): skip | eval (hooks only) | resume | run. `rerun` (the selector that picked the
+    stage, e.g. pipeline.from=dpo) makes it run from scratch whatever the manifest says."""
+    if rerun:
+        return "run", f"selected by {rerun}"
     if upstream_runs:
         return "run", "an input stage runs first"
     same = entry.get("config_hash") == job.config_hash and entry.get("inputs") == job.inputs
@@ -411,8 +425,19 @@ def _files_by_stem(job: Job) -> None:
 
 
 def run(cfg, cli_overrides: list[str]) -> Path:
-    """Run (or with dry_run=true, plan) the pipeline `cfg.pipeline`; returns report.md's path."""
-    from recipes import report
+    """Run (or with dry_run=true, plan) the pipeline `cfg.pipeline`; returns report.md's path. Everything
+    logged goes to <pipeline dir>/pipeline.log, each stage's own log to <stage dir>/launch.log; a dry run
+    writes nothing."""
+    from recipes import runlog
+
+    if cfg.dry_run:
+        return _run(cfg, cli_overrides)
+    with runlog.log_file(pipeline_dir(cfg) / "pipeline.log"):
+        return _run(cfg, cli_overrides)
+
+
+def _run(cfg, cli_overrides: list[str]) -> Path:
+    from recipes import report, runlog
 
     p = cfg.pipeline
     specs = OmegaConf.to_container(p.stages, resolve=True)  # ${stages:...} stay as written (config.py)
@@ -425,7 +450,7 @@ def run(cfg, cli_overrides: list[str]) -> Path:
         if spec["stage"] in DATA_STEPS and spec.get("overrides"):
             raise ValueError(f"stage {name}: a {spec['stage']} data step takes args, not overrides")
     names = list(specs)
-    chosen = select(names, p)
+    chosen, rerun = select(names, p), rerun_selector(p)
     pdir = pipeline_dir(cfg)
     manifest = load_manifest(pdir, p.name, cfg)
     from recipes.sdg_generate import base_checkpoint
@@ -436,7 +461,7 @@ def run(cfg, cli_overrides: list[str]) -> Path:
     plan = []
     for name in names:  # every stage is listed from the start, in pipeline order
         manifest["stages"].setdefault(name, {"stage": specs[name]["stage"], "status": "pending"})
-    for name in names:
+    for i, name in enumerate(names, 1):
         entry = manifest["stages"][name]
         job = plan_job(name, specs[name], known, cli_overrides, pdir, manifest["hashes"], shared)
         entry["stage"], entry["paper"] = job.kind, specs[name].get("paper")
@@ -450,31 +475,33 @@ def run(cfg, cli_overrides: list[str]) -> Path:
         if missing:
             raise ValueError(f"stage {name} reads the output of {missing[0]}, which has not run: "
                              f"select it too (e.g. pipeline.until={name} without pipeline.only/from)")
-        action, reason = decide(entry, job, any(d in will_run for d in job.deps))
+        action, reason = decide(entry, job, any(d in will_run for d in job.deps), rerun)
         plan.append((job, action, reason))
         if cfg.dry_run:
             if action not in ("skip", "eval"):  # re-running only the hooks leaves the outputs as they are
                 will_run.add(name)
             continue
         if action == "wait":
-            print(f"\n{name}: {reason} ({job.outputs['output']}); re-run the pipeline when the job has finished.")
+            runlog.say(f"\n{name}: {reason} ({job.outputs['output']}); re-run the pipeline when the job has finished.")
             break
-        run_one(job, action, reason, entry, manifest, pdir)
+        run_one(job, action, reason, entry, manifest, pdir, f"{i}/{len(names)}")
         known[name] = {k: o["path"] for k, o in entry["outputs"].items()}
         if entry["status"] == "submitted":
-            print(f"\n{name}: submitted/written for NeMo; its checkpoint {job.outputs['output']} does not exist yet. "
-                  "Re-run the pipeline when the job has finished.")
+            runlog.say(f"\n{name}: submitted/written for NeMo; its checkpoint {job.outputs['output']} does not exist "
+                       "yet. Re-run the pipeline when the job has finished.")
             break
-    print_plan(p.name, pdir, cfg, plan)
     if cfg.dry_run:
+        print_plan(p.name, pdir, cfg, plan)
         return pdir / "report.md"
-    return report.write_report(pdir, manifest)
+    path = report.write_report(pdir, manifest)
+    runlog.say(report.summary(p.name, pdir, manifest, [(j.name, j.kind, action) for j, action, _ in plan], path))
+    return path
 
 
-def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdir: Path) -> None:
-    from recipes import report
+def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdir: Path, step: str = "") -> None:
+    from recipes import report, runlog
 
-    print(f"\n=== {job.name} ({job.kind}): {action} ({reason})", flush=True)
+    runlog.say(f"\n=== [{step}] {job.name} ({job.kind}): {action} ({reason})")
     if action == "skip":
         return
     if action == "run" and job.dir.exists():
@@ -485,7 +512,8 @@ def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdi
     save_manifest(pdir, manifest)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        out = execute(job, action)
+        with runlog.log_file(job.dir / "launch.log"):
+            out = execute(job, action)
     except BaseException as err:  # a crash or Ctrl-C: recorded, then re-raised
         entry.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
                      seconds=round(entry.get("seconds", 0) * (action == "resume") + time.perf_counter() - t0, 1))
@@ -508,7 +536,8 @@ def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdi
                  metrics=report.stage_metrics(job.kind, job.dir, out, job.outputs.get("report")))
     save_manifest(pdir, manifest)
     report.write_report(pdir, manifest)
-    print(f"=== {job.name}: {entry['status']} in {seconds:.0f} s -> {out}", flush=True)
+    result = report.brief(job.name, entry)
+    runlog.say(f"=== {job.name}: {entry['status']} in {seconds:.0f} s -> {out}" + (f" ({result})" if result else ""))
 
 
 # ---------------------------------------------------------------- metrics and manifest
@@ -533,12 +562,9 @@ def save_manifest(pdir: Path, manifest: dict) -> None:
 
 
 def print_plan(name: str, pdir: Path, cfg, plan: list) -> None:
-    head = "plan (dry_run: nothing runs)" if cfg.dry_run else "summary"
-    print(f"\npipeline {name}: {head}; directory {pdir}; backend {cfg.backend.name}")
+    print(f"\npipeline {name}: plan (dry_run: nothing runs); directory {pdir}; backend {cfg.backend.name}")
     for i, (job, action, reason) in enumerate(plan, 1):
         print(f"{i:>3}. {job.name:<16} {job.kind:<16} {action:<7} {reason}")
-        if not cfg.dry_run:
-            continue
         for o in job.overrides or [f"{k}={v}" for k, v in job.args.items()]:
             print(f"        {o}")
         if job.cfg is not None and job.cfg.backend.name == "nemo":

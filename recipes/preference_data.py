@@ -78,7 +78,8 @@ def load_pairs(path: str, data_cfg, rejects: Rejects, reward_aware: bool, loss_n
                 rejects.add(err.as_record())
             rows = kept
     if not rows:
-        raise ValueError(f"{path}: no usable rows ({len(rejects)} rejected, see rejects.jsonl)")
+        raise ValueError(f"{path}: no usable rows ({len(rejects)} rejected, see rejects.jsonl)" if len(rejects)
+                         else f"{path}: the file has no rows")
     return rows
 
 

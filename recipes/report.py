@@ -242,6 +242,49 @@ def write_report(pdir: Path, manifest: dict) -> Path:
     return path
 
 
+def brief(name: str, entry: dict) -> str:
+    """A finished stage's few numbers on one line (the pipeline prints it after the stage and in its summary)."""
+    row, data, parts = stage_row(name, entry), entry.get("metrics", {}).get("data") or {}, []
+    if data.get("outputs"):
+        parts.append("rows " + ", ".join(f"{f.rsplit('.jsonl', 1)[0]} {c.get('rows_out')}"
+                                         for f, c in data["outputs"].items()))
+    elif "responses" in data:
+        mean = data.get("reward_mean")
+        parts.append(f"{data['responses']} responses" + (f", reward mean {mean:.2f}" if mean is not None else ""))
+    if row["loss_first"] is not None:
+        parts.append(f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
+    if row["val_loss"] is not None:
+        parts.append(f"val loss {row['val_loss']:.3f}")
+    if row["ifeval_p"] is not None:
+        parts.append(f"IFEval prompt/instr-strict {_fmt(row['ifeval_p'], 100)}/{_fmt(row['ifeval_i'], 100)}")
+    if row["mt_bench"] is not None:
+        parts.append(f"MT-Bench {row['mt_bench']:.2f}")
+    if row["reward_bench"] is not None:
+        parts.append(f"RewardBench {row['reward_bench']:.1f}")
+    return ", ".join(parts)
+
+
+def summary(name: str, pdir: Path, manifest: dict, plan: list[tuple[str, str, str]], report_path: Path) -> str:
+    """The end of a pipeline run: per stage (name, kind, action) what happened and its numbers, then where
+    everything is."""
+    stages = manifest["stages"]
+    lines = [f"\npipeline {name}: summary"]
+    for i, (stage, kind, action) in enumerate(plan, 1):
+        e = stages[stage]
+        took = f"{e['seconds']:.0f} s" if e.get("seconds") is not None and action not in ("skip", "-") else ""
+        lines.append(f"{i:>3}. {stage:<14} {kind:<16} {action:<7} {e.get('status', ''):<9} {took:>6}  "
+                     f"{brief(stage, e)}")
+    done = [s for s, _, _ in plan if stages[s].get("status") == "done"]
+    trained = [s for s, kind, _ in plan if kind in ("sft", "rm", "dpo", "rpo") and s in done]
+    lines += [f"\nDone: pipeline {name}, {len(done)}/{len(plan)} stages done.",
+              f"  directory: {pdir} (one directory per stage: config.yaml, launch.log, checkpoints/, eval/)",
+              f"  report:    {report_path}", f"  manifest:  {pdir / 'manifest.json'}",
+              f"  log:       {pdir / 'pipeline.log'}"]
+    if trained:
+        lines.append(f"  last checkpoint: {stages[trained[-1]]['outputs']['checkpoint']['path']} ({trained[-1]})")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     d = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     print(write_report(d, json.loads((d / "manifest.json").read_text())))

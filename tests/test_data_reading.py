@@ -93,3 +93,13 @@ def test_overlong_rows_are_truncated_or_dropped_by_policy(tmp_path):
     # A row truncated before its answer has nothing left to learn: rejected, not silently kept.
     assert len(kept) + len(lost) == 8
     assert all(r["reason"].startswith("no trained tokens left") for r in lost.records)
+
+
+def test_an_empty_file_says_so_and_all_rejected_points_to_rejects(tmp_path):
+    from recipes.data import read_rows
+
+    data_cfg = compose_cfg(*TINY, "data.on_bad_row=skip").data
+    with pytest.raises(ValueError, match=r"val\.jsonl: the file has no rows$"):
+        read_rows(str(write(tmp_path, [], "val.jsonl")), validate_sft_chat, data_cfg, Rejects())
+    with pytest.raises(ValueError, match=r"train\.jsonl: no usable rows \(1 rejected, see rejects\.jsonl\)"):
+        read_rows(str(write(tmp_path, ["[1]"])), validate_sft_chat, data_cfg, Rejects())

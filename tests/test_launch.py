@@ -1,10 +1,11 @@
-"""launch.py as a user runs it: one-line config errors, --help, --cfg job, an SFT run end to end."""
+"""launch.py as a user runs it: one-line config errors, --help, --cfg job, an SFT run end to end that
+leaves nothing outside its run directory, dry runs that write nothing, where the defaults come from."""
 
 import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_cfg
 
 FIXTURE = REPO / "tests" / "fixtures" / "sft_tiny.jsonl"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -54,7 +55,9 @@ def test_sft_end_to_end_in_a_subprocess(tmp_path):
     run_dir = tmp_path / "run"
     r = launch("stage=sft", "model=tiny", "data=none", f"model.data.train_ds.file_path={FIXTURE}",
                f"model.data.validation_ds.file_path={FIXTURE}", "trainer.max_steps=4", "trainer.val_check_interval=2",
-               "logger.wandb.mode=offline", f"exp_manager.explicit_log_dir={run_dir}", cwd=tmp_path)
+               "logger.wandb.mode=offline", f"exp_manager.explicit_log_dir={run_dir}", "eval=[ifeval]",
+               f"eval.ifeval.prompts={REPO / 'data' / 'demo' / 'ifeval_prompts.jsonl'}", "eval.ifeval.limit=2",
+               "eval.ifeval.max_new_tokens=4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     final = run_dir / "checkpoints" / "final"
     assert f"checkpoint:    {final}" in r.stdout
@@ -64,6 +67,14 @@ def test_sft_end_to_end_in_a_subprocess(tmp_path):
     assert metrics[0].startswith("step,loss") and "val_loss" in metrics[0]
     assert len(metrics) == 1 + 4 + 1  # header, 4 train steps (2 with validation), final validation
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run directory"
+    # The eval results at the end, as stage=eval prints them, and where they are.
+    assert "| ifeval | n_prompts | 2 |" in r.stdout and "| ifeval | prompt_level_strict |" in r.stdout
+    assert f"eval results:  {run_dir / 'eval' / 'results.md'}" in r.stdout
+    # Nothing outside the run directory (no runs/<stage>/<timestamp>/.hydra/, no launch.log beside it);
+    # its log holds what was logged at INFO.
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and not list(run_dir.rglob(".hydra"))
+    log = (run_dir / "launch.log").read_text()
+    assert "][recipes.sft][INFO] train: {'rows': 8" in log and f"log:           {run_dir / 'launch.log'}" in r.stdout
 
 
 def test_bad_row_fails_with_file_line_field(tmp_path):
@@ -76,8 +87,35 @@ def test_bad_row_fails_with_file_line_field(tmp_path):
     assert r.returncode == 1
     assert "train.jsonl:3: conversations[0].from: must be 'User' or 'Assistant', got 'user'" in r.stderr
     assert "Traceback" not in r.stderr
+    assert "[ERROR] train.jsonl:3: conversations[0].from" in (tmp_path / "run" / "launch.log").read_text()
 
 
-def test_resume_needs_an_explicit_run_dir():
-    r = launch("stage=sft", "model=tiny", "resume=true", "logger.wandb.enabled=false")
+def test_dry_run_and_config_errors_write_nothing(tmp_path):
+    r = launch("stage=sft", "model=tiny", "dry_run=true", cwd=tmp_path)  # backend=torch: nothing to run
+    assert r.returncode == 0 and "dry run: stage sft would run on backend torch in " in r.stdout
+    r = launch("stage=sft", "model=tiny", "resume=true", "logger.wandb.enabled=false", cwd=tmp_path)
     assert r.returncode == 1 and "resume=true needs exp_manager.explicit_log_dir" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sequence_length_comes_from_the_model_preset():
+    """data=none keeps the model preset's data.max_seq_length (SmolLM2 on CPU: 512, not the 4096 default);
+    experiment presets and the command line override it (recipes/config.py DataConfig)."""
+    length = lambda *o: compose_cfg(*o).data.max_seq_length  # noqa: E731
+    assert length("stage=rm", "data=none") == length("stage=rm") == 512  # model=smollm2_135m, the default
+    assert length("stage=rm", "model=tiny", "data=none") == 2048 and length("stage=rm", "model=hf") == 4096
+    assert length("experiment=nemotron4_340b/rm") == 4096  # the paper's
+    assert length("stage=rm", "data=none", "data.max_seq_length=300") == 300
+
+
+def test_a_stage_failing_on_the_default_demo_sample_says_where_it_came_from():
+    """stage=dpo without data=none reads data=demo's SFT chat sample: the error names that, and the fix."""
+    sys.path.insert(0, str(REPO))
+    from launch import demo_data_hint
+
+    dpo = compose_cfg("stage=dpo", "model=tiny", "model.data.train_ds.file_path=/data/pairs.jsonl")
+    hint = demo_data_hint(dpo, "sft_val.jsonl:1: prompt: missing")
+    assert hint == (" (sft_val.jsonl: the SFT chat sample that data=demo, the default, gives every stage; for "
+                    "stage=dpo add data=none and name your own model.data.train_ds.file_path)")
+    assert demo_data_hint(dpo, "pairs.jsonl:3: prompt: missing") == ""  # the user's own file
+    assert demo_data_hint(compose_cfg("stage=sft"), "sft_val.jsonl:1: conversations: missing") == ""  # it fits SFT

@@ -1,6 +1,8 @@
 """The pipeline runner: pipeline=demo end to end on the tiny model, killed and resumed, re-run unchanged,
 re-run after a change, the dry-run plan, manifest.json and report.md; plus selectors and references."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -33,7 +35,8 @@ def manifest(pdir):
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    """One pipeline directory through four runs: killed in dpo, resumed, re-run, re-run with rpo_1 changed."""
+    """One pipeline directory through six runs: killed in dpo, resumed, re-run, re-run with rpo_1 changed,
+    with the eval settings changed, with pipeline.from=rpo_1 (its output captured)."""
     root = tmp_path_factory.mktemp("pipeline")
     base, pdir = make_tiny_checkpoint(root / "tiny-base"), root / "demo"
     real_execute = pipeline.execute
@@ -62,6 +65,9 @@ def history(tmp_path_factory):
     h["changed"] = manifest(pdir)
     run(pdir, base, "eval.ifeval.limit=3", change=stronger_beta)
     h["eval_changed"] = manifest(pdir)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        run(pdir, base, "eval.ifeval.limit=3", "pipeline.from=rpo_1", change=stronger_beta)
+    h["from"], h["from_out"] = manifest(pdir), out.getvalue()
     return h
 
 
@@ -150,23 +156,56 @@ def test_report_has_table_paper_numbers_counts_and_plots(history):
         assert f"](plots/{png})" in text
 
 
+def test_from_reruns_that_stage_and_the_rest_though_done(history):
+    """pipeline.from=rpo_1 with nothing changed: rpo_1 and rpo_2 run again from scratch, the rest is skipped."""
+    before, after = history["eval_changed"]["stages"], history["from"]["stages"]
+    assert [n for n in STAGES if after[n]["finished"] != before[n]["finished"]] == ["rpo_1", "rpo_2"]
+    assert after["rpo_1"]["attempts"] == before["rpo_1"]["attempts"] + 1 and after["rpo_1"]["resumed"] is False
+    out = history["from_out"]
+    assert "=== [10/11] rpo_1 (rpo): run (selected by pipeline.from=rpo_1)" in out
+    assert "=== [11/11] rpo_2 (rpo): run (selected by pipeline.from=rpo_1)" in out
+    # The end: one line per stage with its numbers, then where everything is.
+    assert "  9. dpo            dpo              -       done" in out
+    assert "IFEval prompt/instr-strict" in out.split(" 11. rpo_2")[1].splitlines()[0]
+    pdir = history["pdir"]
+    for line in (f"  report:    {pdir / 'report.md'}", f"  log:       {pdir / 'pipeline.log'}",
+                 f"  last checkpoint: {pdir / 'rpo_2' / 'checkpoints' / 'final'} (rpo_2)"):
+        assert line in out
+
+
+def test_run_logs_land_in_the_pipeline_and_stage_directories(history):
+    pdir = history["pdir"]
+    log = (pdir / "pipeline.log").read_text()  # every run appended to it, headers included
+    assert "=== [9/11] dpo (dpo): resume (failed earlier; resume in the same directory)" in log
+    assert "][recipes.dpo][INFO] reference log-probs for train_dpo.jsonl" in log
+    assert log.count("][launch][ERROR] KeyboardInterrupt") == 1  # the kill, with its traceback, logged once
+    assert "[launch][ERROR] KeyboardInterrupt" in (pdir / "dpo" / "launch.log").read_text()  # resumed: kept
+    stage_log = (pdir / "rpo_2" / "launch.log").read_text()  # its own records only
+    assert "][recipes.dpo][INFO] train: {'rows': 12" in stage_log and "recipes.sft" not in stage_log
+    assert all((pdir / n / "launch.log").is_file() for n in STAGES)
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(history, capsys):
     pdir = history["pdir"]
-    before = (pdir / "manifest.json").read_bytes()
+    before = sorted((p, p.stat().st_mtime_ns) for p in pdir.rglob("*"))
     plan = lambda out: {line.split()[1]: line for line in out.splitlines() if line[:4].strip().rstrip(".").isdigit()}  # noqa: E731
-    run(pdir, history["base"], "dry_run=true", "pipeline.only=[sft,rpo_2]")  # the last run had eval.ifeval.limit=3
+    run(pdir, history["base"], "dry_run=true")  # the last run had eval.ifeval.limit=3 and a stronger rpo_1 beta
     lines = plan(capsys.readouterr().out)
-    assert " eval " in lines["sft"] and "eval settings changed" in lines["sft"] and "not selected" in lines["dpo"]
-    assert "eval settings changed" in lines["rpo_2"]  # it reads rpo_1's output, which is unchanged since
-    run(pdir, history["base"], "dry_run=true", "pipeline.from=sft", "eval.ifeval.limit=3",
+    assert " skip " in lines["rm"] and " eval " in lines["sft"] and "eval settings changed" in lines["sft"]
+    assert "config changed" in lines["rpo_1"] and "an input stage runs first" in lines["rpo_2"]
+    # only/from name the stages to re-run, done or not.
+    run(pdir, history["base"], "dry_run=true", "pipeline.only=[sft,rpo_2]")
+    lines = plan(capsys.readouterr().out)
+    assert " run " in lines["sft"] and "selected by pipeline.only=sft,rpo_2" in lines["sft"]
+    assert "not selected" in lines["dpo"] and "selected by pipeline.only=sft,rpo_2" in lines["rpo_2"]
+    run(pdir, history["base"], "dry_run=true", "pipeline.from=sft", "pipeline.until=dpo", "eval.ifeval.limit=3",
         "model.dpo.sft_loss_weight=0.5")
     out = capsys.readouterr().out
-    assert (pdir / "manifest.json").read_bytes() == before
     lines = plan(out)
-    assert "not selected" in lines["rm"] and "not selected" in lines["sdg"]
-    assert " skip " in lines["sft"] and "config changed" in lines["dpo"]
-    assert "an input stage runs first" in lines["rpo_1"]
+    assert "not selected" in lines["rm"] and "not selected" in lines["sdg"] and "not selected" in lines["rpo_1"]
+    assert "selected by pipeline.from=sft" in lines["sft"] and "selected by pipeline.from=sft" in lines["dpo"]
     assert f"model.name_or_path={pdir / 'sft' / 'checkpoints' / 'final'}" in out  # resolved overrides
+    assert sorted((p, p.stat().st_mtime_ns) for p in pdir.rglob("*")) == before  # nothing written, not even a log
 
 
 def test_select_only_from_until():
@@ -217,10 +256,11 @@ def test_nemotron4_preset_plans_nemo_commands(tmp_path, capsys):
 def test_launch_runs_the_pipeline_dry(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     r = subprocess.run([sys.executable, str(REPO / "launch.py"), "pipeline=demo", "model=tiny", "dry_run=true",
-                        f"pipeline.dir={tmp_path}", f"pipeline.base={tmp_path}"], capture_output=True, text=True,
-                       env=env, cwd=tmp_path, timeout=300)
+                        f"pipeline.dir={tmp_path / 'demo'}", f"pipeline.base={tmp_path}"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pipeline demo: plan (dry_run: nothing runs)" in r.stdout and " rpo_2 " in r.stdout
+    assert list(tmp_path.iterdir()) == []  # no pipeline directory, no runs/, no .hydra/, no log
     r = subprocess.run([sys.executable, str(REPO / "launch.py"), "pipeline=demo", "pipeline.until=rpo_9",
                         "dry_run=true"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 1 and "pipeline.until=rpo_9: no such stage" in r.stderr and "Traceback" not in r.stderr
