@@ -166,8 +166,7 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
         raise ValueError(f"{partial} has {len(done)} rows but {input_file} only {stats['rows']}: "
                          "not an output of this input; delete it or choose another output_file")
     os.replace(partial, output_file)
-    if len(rejects):
-        rejects.write(output_file.with_name(output_file.stem + ".rejects.jsonl"))
+    rejects.save(output_file.with_name(output_file.stem + ".rejects.jsonl"))
     if stats["out_of_range"]:
         log.warning("%d attribute values outside [%g, %g]; data_prep.sdg rejects those rows (is the reward model "
                     "trained on the 0-4 HelpSteer scale?)", stats["out_of_range"], lo, hi)
