@@ -81,3 +81,17 @@ def test_bad_row_fails_with_file_line_field(tmp_path):
 def test_resume_needs_an_explicit_run_dir():
     r = launch("stage=sft", "model=tiny", "resume=true", "logger.wandb.enabled=false")
     assert r.returncode == 1 and "resume=true needs exp_manager.explicit_log_dir" in r.stderr
+
+
+def test_damaged_model_checkpoint_is_one_line(tmp_path):
+    from tests.test_sdg_generate import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    r = launch("stage=sft", "model=hf", f"model.name_or_path={model}", "data=none",
+               f"model.data.train_ds.file_path={FIXTURE}", f"exp_manager.explicit_log_dir={tmp_path / 'run'}",
+               "logger.wandb.enabled=false", "trainer.max_steps=1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert "SafetensorError" in line or "safetensors" in line.lower() or "model.safetensors" in line, line
