@@ -214,6 +214,17 @@ def append_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(fd)
 
 
+def append_synced(f, text: str, path: str | os.PathLike) -> None:
+    """Append `text` to the open file `f`, flush and fsync it (resumable outputs: a crash loses at most this
+    text; their readers cut a torn last line off). A failure is one WriteError line naming `path`."""
+    try:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file, and a
     failed write (disk full) leaves the previous file as it was and no temp file behind."""

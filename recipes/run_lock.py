@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,9 +93,3 @@ def check_free(directory: str | os.PathLike, subject: str | None = None) -> None
                              "or choose another directory") from None
     finally:
         os.close(fd)
-
-
-def clear(directory: Path) -> None:
-    """Empty a directory for a fresh run, once no other process holds it."""
-    check_free(directory)
-    shutil.rmtree(directory)

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_prep.jsonl import atomic_write_text, read_jsonl
+from data_prep.jsonl import append_synced, atomic_write_text, read_jsonl
 from data_prep.pairs import PromptGroup
 from data_prep.schemas import ROLES
 
@@ -160,12 +159,12 @@ def generate_file(rows: list[dict], output: Path, generate, params, n: int, mode
             texts = generate([conversation(r) for r in chunk for _ in range(n)], params)
             if len(texts) != n * len(chunk):
                 raise RuntimeError(f"generator returned {len(texts)} responses for {n * len(chunk)} requests")
+            lines = []
             for i, row in enumerate(chunk):
                 mine = texts[i * n:(i + 1) * n]
-                f.write(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
+                lines.append(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
                 stats["empty_responses"] += sum(not t.strip() for t in mine)
-            f.flush()
-            os.fsync(f.fileno())  # a crash loses at most the chunk being generated
+            append_synced(f, "".join(lines), output)  # a crash loses at most this chunk (done_keys)
             stats["generated"] += len(chunk)
             stats["responses"] += len(texts)
             bar.update(len(chunk))

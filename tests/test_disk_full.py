@@ -132,3 +132,15 @@ def test_training_on_a_real_full_disk_is_one_line_and_leaves_no_temp_checkpoint(
     assert line.startswith(f"error: cannot write {tmp_path / 'disk' / 'run' / 'checkpoints' / 'final'}: No space left "
                            "on device ("), line
     assert ".tmp-final" not in r.stdout.split("rc=1")[1]
+
+
+@needs_tmpfs
+def test_generation_on_a_real_full_disk_names_its_output(tmp_path):
+    script = ("from pathlib import Path; import os; from recipes.sdg_generate import generate_file; "
+              "rows = [{'prompt': f'q{i}'} for i in range(50)]; "
+              "generate_file(rows, Path(os.environ['DISK']) / 'gen.jsonl', lambda msgs, p: ['x' * 4000] * len(msgs), "
+              "None, 2, 'm', chunk_size=4, progress=False)")
+    r = in_small_tmpfs("64k", f'$PY -c "{script}"', tmp_path)
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("data_prep.jsonl.WriteError: cannot write ") and "gen.jsonl: No space left on device (" in line
