@@ -170,7 +170,7 @@ class WriteError(OSError):
 def free_space(path: str | os.PathLike) -> str:
     """`12.0 MiB free on /data` for the file system holding `path` (its nearest existing parent)."""
     p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
+    while not p.is_dir() and p != p.parent:
         p = p.parent
     try:
         free = shutil.disk_usage(p).free

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from data_prep.jsonl import write_error
+from data_prep.jsonl import WriteError, write_error
 
 MARKER = "report.json"
 STAGING_PREFIX = ".staging-"
@@ -50,9 +50,11 @@ class OutputSet:
     def __enter__(self) -> "OutputSet":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if not self.committed:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if isinstance(exc, WriteError) and str(self.dir) in str(exc):  # name the file the user asked for
+            raise WriteError(exc.errno, str(exc).replace(str(self.dir), str(self.out))) from None
 
     def commit(self) -> None:
         new = sorted(p.name for p in self.dir.iterdir())

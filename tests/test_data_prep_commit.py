@@ -112,9 +112,9 @@ def test_full_disk_mid_write_keeps_the_old_set(tmp_path, monkeypatch):
     with pytest.raises(WriteError) as err:
         convert_helpsteer2(str(hs2_rows(tmp_path / "b.jsonl", 5, "new")), out, val_fraction=0.0)
     monkeypatch.undo()
-    msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("cannot write ") and ": No space left on device (" in msg
-    assert " free on " in msg
+    msg = str(err.value)  # names the output file, not the staging directory it was written in
+    assert "\n" not in msg and msg.startswith(f"cannot write {out}/train") and ": No space left on device (" in msg
+    assert f" free on {out})" in msg and STAGING_PREFIX not in msg
     assert snapshot(out) == before
     assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]  # removed on the error
 
