@@ -241,10 +241,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as err:
+        failure = write_error(path, err) if isinstance(err, OSError) else None  # the space left when it failed
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise write_error(path, err) from None
+        if failure is not None:
+            raise failure from None
         raise
 
 
