@@ -27,11 +27,19 @@ from omegaconf import DictConfig  # noqa: E402
 
 from recipes import runlog  # noqa: E402
 from recipes.config import check_overrides, register_configs, validate  # noqa: E402
+from recipes.run_lock import DirectoryInUse  # noqa: E402
 
 register_configs()
 # peft asks transformers 5 for a deprecated property on every LoRA stage: a warning per stage the user can do
 # nothing about (peft's to fix), so the demo's output shows it no more.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# What a user can cause and fix (bad data or settings, a busy directory, a missing or unreadable file, a full
+# disk): reported in one line. OSError covers files the loaders cannot read and writes that fail.
+USER_ERRORS = (ValueError, OSError, DirectoryInUse)
+# Where a model, tokenizer or checkpoint is read: an error raised inside them (a RuntimeError on mismatched
+# weights, safetensors' own error on a damaged file) comes from what the user pointed us at.
+LOADERS = ("from_pretrained", "load_file", "safe_open", "load_state_dict", "load_checkpoint", "load_tokenizer",
+           "load_model", "load_reference", "load_reward_model")
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -46,15 +54,32 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
 
     try:
         pipeline.run(cfg, overrides)  # it prints the summary and where everything is
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        if not user_error(err):
+            raise
         fail(err)
 
 
-def fail(err: Exception, cfg: DictConfig | None = None) -> None:
-    """Bad data or settings: one clear line on stderr, not a traceback (HYDRA_FULL_ERROR=1 shows it)."""
+def user_error(err: BaseException) -> bool:
+    if isinstance(err, USER_ERRORS):
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in LOADERS:
+            return isinstance(err, Exception)
+        tb = tb.tb_next
+    return False
+
+
+def fail(err: BaseException, cfg: DictConfig | None = None) -> None:
+    """Bad input, a busy directory, a full disk: one line on stderr, not a traceback (HYDRA_FULL_ERROR=1 shows
+    it)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
-    message = str(err) + (demo_data_hint(cfg, str(err)) if cfg is not None else "")
+    message = " ".join(str(err).split())[:600] or type(err).__name__
+    if not isinstance(err, USER_ERRORS):
+        message = f"{type(err).__name__}: {message}"
+    message += demo_data_hint(cfg, message) if cfg is not None else ""
     runlog.to_files(message, logging.ERROR)  # the run's log keeps it too
     sys.exit(f"error: {message}")
 
@@ -81,7 +106,9 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> Path:
         raise AssertionError(cfg.backend.name)
     try:
         return backend.run(cfg, run_dir)
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        if not user_error(err):
+            raise
         fail(err, cfg)
 
 
@@ -109,8 +136,8 @@ def print_done(cfg: DictConfig, run_dir: Path, out: Path) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     problems = validate(cfg)
-    if problems:
-        sys.exit("config error: " + "; ".join(problems))
+    if problems:  # one line per problem
+        sys.exit("\n".join(f"config error: {p}" for p in problems))
     from recipes import pipeline
 
     overrides = list(HydraConfig.get().overrides.task)
@@ -123,15 +150,28 @@ def main(cfg: DictConfig) -> None:
         runlog.say(f"dry run: stage {cfg.stage.name} would run on backend torch in {run_dir}; nothing was run or "
                    "written (`--cfg job` prints the resolved config)")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from recipes import loop
+    from recipes import resume, run_lock
 
-    loop.save_config(cfg, run_dir)
-    # backend=nemo with dry_run=true writes its command files to the run directory, and no log.
-    with contextlib.nullcontext() if cfg.dry_run else runlog.log_file(run_dir / "launch.log"):
-        runlog.say(f"=== {cfg.stage.name} (backend {cfg.backend.name}): run directory {run_dir}")
-        out = run_stage(cfg, run_dir)
-        print_done(cfg, run_dir, Path(out))
+    # One run per directory, the lock taken before anything is written there (so a refused run never writes
+    # into the holder's log); a NeMo dry run, which only writes its command files, takes none. config.yaml is
+    # written once the run is accepted (recipes/resume.py).
+    try:
+        lock = contextlib.nullcontext() if cfg.dry_run else run_lock.hold(run_dir)
+        with lock, contextlib.nullcontext() if cfg.dry_run else runlog.log_file(run_dir / "launch.log"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            finished = resume.accept(cfg, run_dir)
+            if finished is not None:
+                runlog.say(f"\nNothing to do: {cfg.stage.name} in {run_dir} has finished (final checkpoint "
+                           f"{finished}); resume_allow_changes=[...] with a changed setting (e.g. "
+                           "trainer.max_steps) trains on.")
+                return
+            runlog.say(f"=== {cfg.stage.name} (backend {cfg.backend.name}): run directory {run_dir}")
+            out = run_stage(cfg, run_dir)
+            print_done(cfg, run_dir, Path(out))
+    except Exception as err:  # noqa: BLE001 - a busy directory, a refused resume: one line
+        if not user_error(err):
+            raise
+        fail(err, cfg)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@
 Each case runs with and without decontamination (against the real MT-Bench, IFEval and RewardBench prompts
 under ../shared/evaldata when present, else 1,200 synthetic evaluation prompts). "rows" are input lines
 (SDG: responses); time covers reading, validation, filtering, building and writing every output
-(input synthesis excluded), best of --repeats runs. Outputs above 20,000 rows are written by two processes
-(data_prep.report.write_outputs), so CPU seconds can exceed wall seconds.
+(input synthesis excluded), best of --repeats runs. Outputs above 20 MB are written by two processes
+(data_prep.report.write_outputs), so CPU seconds can exceed wall seconds; `--no-fork` writes them all in this
+process (what the fork saves, docs/data_prep.md).
 """
 
 from __future__ import annotations
@@ -109,7 +110,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=10681, help="HelpSteer2 prompts (x2 rows); SDG uses half as many")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-fork", action="store_true", help="write every output in this process (no forked writer)")
     a = ap.parse_args()
+    if a.no_fork:
+        from data_prep import report
+
+        report.PARALLEL_MIN_BYTES = 1 << 62
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         hs2, sdg = tmp / "hs2.jsonl", tmp / "sdg.jsonl"
@@ -130,7 +136,7 @@ def main() -> None:
              lambda: run(convert_sdg, sdg, tmp / "o5", pairs={"mode": "all_pairs"}, preset="rpo")),
         ]
         print(f"Decontamination against {eval_desc}; 13-grams. Best of {a.repeats} runs; {os.cpu_count()} CPU cores; "
-              f"load average {os.getloadavg()[0]:.1f} at start.\n")
+              f"load average {os.getloadavg()[0]:.1f} at start; {'no' if a.no_fork else 'with the'} forked writer.\n")
         print("| case | input | wall s | rows/s (wall) | CPU s | rows per CPU-s |")
         print("|---|---|---:|---:|---:|---:|")
         for name, n, what, fn in cases:

@@ -6,7 +6,7 @@ Prompt-level (a prompt and all its responses go):
                          evaluation set, or equals a short one word for word (see `Decontaminator`).
   * `duplicate_prompt` - the same prompt (system + turns, case and whitespace normalised) came earlier.
 Response-level (only that response goes):
-  * `empty_text`       - the response is empty or whitespace.
+  * `empty_text`       - the response is empty or whitespace (always: no output row type accepts an empty answer).
   * `too_long`         - the rendered conversation has more than `max_seq_length` tokens. Needs a tokenizer;
                          without one the filter is skipped and report.json says so.
 """
@@ -171,10 +171,9 @@ class Filters:
     def response_reasons(self, responses: list[str], rendered: list[str] | None = None) -> list[tuple[str, str] | None]:
         """Per response: (reason, detail) or None. `rendered` (the full conversations) are measured in tokens."""
         out: list[tuple[str, str] | None] = [None] * len(responses)
-        if self.cfg.drop_empty:
-            for i, r in enumerate(responses):
-                if not r or r.isspace():  # (no copy, unlike strip())
-                    out[i] = (EMPTY, "the response is empty")
+        for i, r in enumerate(responses):  # always: no output row type accepts an empty answer (schemas.py)
+            if not r or r.isspace():  # (no copy, unlike strip())
+                out[i] = (EMPTY, "the response is empty")
         if self.tokens is not None and rendered is not None:
             todo = [i for i in range(len(responses)) if out[i] is None]
             for i, n in zip(todo, self.tokens.lengths([rendered[i] for i in todo])):
@@ -190,7 +189,7 @@ def add_filter_args(parser, dedup_default: bool) -> None:
                    help=f"drop a prompt equal (case/whitespace-insensitive) to an earlier one (default: {'on' if dedup_default else 'off'})")
     g.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate prompts")
     g.add_argument("--keep-empty", dest="drop_empty", action="store_false",
-                   help="keep empty/whitespace prompts and responses (dropped by default)")
+                   help="keep empty/whitespace prompts (dropped by default; empty responses are always dropped)")
     g.add_argument("--tokenizer", default=None,
                    help="local tokenizer (AutoTokenizer path) for the max-seq-length filter; without it that filter is skipped")
     g.add_argument("--max-seq-length", type=int, default=FilterConfig.max_seq_length,

@@ -32,6 +32,7 @@ from pathlib import Path
 from data_prep.filters import FilterConfig, Filters, add_filter_args, filter_config_from_args
 from data_prep.inputs import DataPrepError, find_split_files, has_table_suffix, is_hub_id, iter_file, load_hub_split_rows, validated
 from data_prep.jsonl import Rejects, atomic_write_bytes
+from data_prep.output_set import OutputSet
 from data_prep.pairs import IDENTICAL, TIE, TOO_FEW, PromptGroup, Response, in_validation, parse_weights, select_pairs
 from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_outputs
 from data_prep.schemas import (
@@ -98,15 +99,17 @@ def convert_helpsteer2(input: str = HUB_ID, output_dir: str | Path = "data/helps
         else:
             _regular_split(prefix, rows, cfg, filters, report, files)
     report.check()
-    for name, lines in write_outputs(out, files).items():
-        report.outputs[name].lines = lines
-    if cfg.epochs > 1:  # the NeMo recipe's `cat train_reg.jsonl train_reg.jsonl > train_reg_2_epoch.jsonl`
-        name, base = f"train_reg_{cfg.epochs}_epoch.jsonl", report.outputs["train_reg.jsonl"]
-        atomic_write_bytes(out / name, (out / "train_reg.jsonl").read_bytes() * cfg.epochs)
-        c = report.output(name, f"train_reg.jsonl row, repeated {cfg.epochs}x")
-        c.rows_in = c.rows_out = base.rows_out
-        c.lines = base.lines * cfg.epochs
-    report.write(out)
+    with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
+        for name, lines in write_outputs(staged.dir, files).items():
+            report.outputs[name].lines = lines
+        if cfg.epochs > 1:  # the NeMo recipe's `cat train_reg.jsonl train_reg.jsonl > train_reg_2_epoch.jsonl`
+            name, base = f"train_reg_{cfg.epochs}_epoch.jsonl", report.outputs["train_reg.jsonl"]
+            atomic_write_bytes(staged.dir / name, (staged.dir / "train_reg.jsonl").read_bytes() * cfg.epochs)
+            c = report.output(name, f"train_reg.jsonl row, repeated {cfg.epochs}x")
+            c.rows_in = c.rows_out = base.rows_out
+            c.lines = base.lines * cfg.epochs
+        report.write(staged.dir)
+        staged.commit()
     return report.as_dict()
 
 
@@ -140,6 +143,7 @@ Rows = list[tuple[str, int, dict]]  # (source, line, row)
 def _load_splits(spec: str, cfg: HelpSteer2Config, report: Report) -> dict[str, Rows]:
     """{"train": rows, "validation": rows} from a hub id, a directory of split files or one file."""
     validate = validate_helpsteer2_preference_row if cfg.preference else validate_helpsteer2_row
+    kind = "helpsteer2_preference" if cfg.preference else "helpsteer2"  # schemas.KNOWN_FIELDS
     bad = Rejects()
     path = Path(spec)
 
@@ -147,6 +151,7 @@ def _load_splits(spec: str, cfg: HelpSteer2Config, report: Report) -> dict[str, 
         first_bad = len(bad)
         rows = [(source, line, row) for line, row in it]
         report.add_input(len(rows), bad, first_bad)
+        report.count_unknown(source, (r for _, _, r in rows), kind)
         return rows
 
     if is_hub_id(spec):

@@ -8,10 +8,12 @@ skipping it (`"skip"`): a skipped row is never dropped silently, it lands in
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,15 @@ class Rejects:
 
     def write(self, path: str | os.PathLike) -> None:
         write_jsonl(path, self.records)
+
+    def save(self, path: str | os.PathLike) -> bool:
+        """This run's rejects.jsonl: written when there are rejects, else an older run's file is removed
+        (a clean re-run into the same directory must not show another run's rejects). True if written."""
+        if self.records:
+            self.write(path)
+            return True
+        Path(path).unlink(missing_ok=True)
+        return False
 
 
 def _open_text_lines(path: Path) -> Iterator[bytes]:
@@ -149,20 +160,92 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class WriteError(OSError):
+    """A file that could not be written, in one line: which file, why, and (disk full) the space left."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """`12.0 MiB free on /data` for the file system holding `path` (its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit} free on {p}" if unit == "B" else f"{free:.1f} {unit} free on {p}"
+        free /= 1024
+    return ""  # unreachable
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> OSError:
+    """`cannot write <path>: No space left on device (0 B free on /data)`: the one line a user sees."""
+    if isinstance(err, WriteError):
+        return err
+    why = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        why += f" ({free_space(path)})"
+    return WriteError(err.errno, f"cannot write {path}: {why}")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (one call writes less than asked at times)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def append_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Append `data` whole or not at all: a failed write (disk full) is cut back off the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)
+        except OSError as err:
+            os.ftruncate(fd, size)
+            raise write_error(path, err) from None
+    finally:
+        os.close(fd)
+
+
+def append_synced(f, text: str, path: str | os.PathLike) -> None:
+    """Append `text` to the open file `f`, flush and fsync it (resumable outputs: a crash loses at most this
+    text; their readers cut a torn last line off). A failure is one WriteError line naming `path`."""
+    try:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file, and a
+    failed write (disk full) leaves the previous file as it was and no temp file behind."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
         # mkstemp creates 0600; give the file the permissions a plain open() would (others may need to read it).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        failure = write_error(path, err) if isinstance(err, OSError) else None  # the space left when it failed
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if failure is not None:
+            raise failure from None
         raise
 
 

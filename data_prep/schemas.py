@@ -75,8 +75,10 @@ def _sft_chat_ok(row: dict) -> bool:
     for turn in convs:
         if type(turn) is not dict:
             return False
-        speaker, label = turn.get("from"), turn.get("label")
-        if speaker == prev or speaker not in ROLES or type(turn.get("value")) is not str:
+        speaker, label, value = turn.get("from"), turn.get("label"), turn.get("value")
+        if speaker == prev or speaker not in ROLES or type(value) is not str:
+            return False
+        if speaker == "Assistant" and (not value or value.isspace()):
             return False
         if label is not None and type(label) is not str:
             return False
@@ -88,7 +90,8 @@ def validate_sft_chat(row: dict) -> Problems:
     """Check an SFT chat row the way NeMo's GPTSFTChatDataset would use it, plus what training needs.
 
     Conversations must start with a User turn, alternate, and end with an
-    Assistant turn (otherwise there is nothing to learn from the row).
+    Assistant turn (otherwise there is nothing to learn from the row); an Assistant
+    answer must not be empty (it would train nothing but the end-of-turn token).
     """
     if _sft_chat_ok(row):
         return []  # fast path for the common, valid row; the code below explains what is wrong otherwise
@@ -118,6 +121,8 @@ def validate_sft_chat(row: dict) -> Problems:
         label = turn.get("label")
         if label is not None and not isinstance(label, str):
             problems.append((f"{where}.label", f"must be a string or null, got {_type_name(label)}"))
+        if speaker == "Assistant" and isinstance(value, str) and not value.strip():
+            problems.append((f"{where}.value", "the Assistant answer is empty"))
     if problems:
         return problems
 
@@ -214,11 +219,11 @@ def validate_regression_rm(row: dict, num_attributes: int = NUM_ATTRIBUTES) -> P
     (`LABEL_RANGES`); other widths are only checked for finiteness. At least one
     slot must be present, or the row trains nothing.
     """
-    label = row.get("label")
-    if type(row.get("text")) is str and type(label) is list and len(label) == num_attributes == NUM_ATTRIBUTES \
-            and _labels_ok(label):
+    label, text = row.get("label"), row.get("text")
+    if type(text) is str and text and not text.isspace() and type(label) is list \
+            and len(label) == num_attributes == NUM_ATTRIBUTES and _labels_ok(label):
         return []  # fast path for the common, valid row; the code below explains what is wrong otherwise
-    problems = _check_str(row, "text")
+    problems = _check_text(row)
     if not isinstance(label, list):
         what = "missing" if "label" not in row else f"must be a list of numbers, got {_type_name(label)}"
         return problems + [("label", what)]
@@ -237,9 +242,17 @@ def validate_regression_rm(row: dict, num_attributes: int = NUM_ATTRIBUTES) -> P
 # --- Pairwise (Bradley-Terry) reward model -----------------------------------------------------------------
 
 
+def _check_text(row: dict) -> Problems:
+    """A reward model's input `text`: a non-empty string (an empty one scores nothing)."""
+    problems = _check_str(row, "text")
+    if not problems and not row["text"].strip():
+        problems.append(("text", "is empty"))
+    return problems
+
+
 def validate_pairwise_rm(row: dict) -> Problems:
     """One line of a pairwise RM file: `{"text": prompt || response}` (chosen on even lines, rejected on odd)."""
-    return _check_str(row, "text")
+    return _check_text(row)
 
 
 def validate_pairwise_rm_file(rows: list[dict]) -> Problems:
@@ -299,8 +312,12 @@ def validate_dpo_pair(row: dict) -> Problems:
                 problems.append((key, f"must be an assistant message (the prompt is a message list), got {_type_name(resp)}"))
             elif resp.get("role") != "assistant" or not isinstance(resp.get("content"), str):
                 problems.append((key, "must be {\"role\": \"assistant\", \"content\": str}"))
+            elif not resp["content"].strip():
+                problems.append((f"{key}.content", "is empty (the pair would train on no answer)"))
         elif not isinstance(resp, str):
             problems.append((key, f"must be a string (the prompt is a string), got {_type_name(resp)}"))
+        elif not resp.removesuffix(TURN_START).strip():
+            problems.append((key, "is empty (the pair would train on no answer)"))
     if not problems and row["chosen_response"] == row["rejected_response"]:
         problems.append(("rejected_response", "is identical to chosen_response (the pair teaches nothing)"))
 
@@ -447,6 +464,40 @@ def validate_sdg_row(row: dict) -> Problems:
     if "response" in row:
         return validate_sdg_flat_row(row)
     return _validate_sdg_prompt(row) + [("responses", "missing: give 'responses' (a list) or 'response' (one per row)")]
+
+
+# --- Fields each row type defines ------------------------------------------------------------------------
+# Anything else in a row is an unknown field: data prep counts them per input file (report.json
+# `unknown_fields`); training reads follow data.unknown_fields (ignore | count, the default: one warning per
+# file | error: a bad row). Per type: (top-level fields, {field: fields of the objects it holds}).
+_SDG_META = {"id", "category", "model", "judge"}
+_SDG_RESPONSE = {"text", "reward", "attributes", *_SDG_META}
+KNOWN_FIELDS: dict[str, tuple[set[str], dict[str, set[str]]]] = {
+    "sft_chat": ({"system", "conversations", "mask", "type"}, {"conversations": {"from", "value", "label"}}),
+    "regression_rm": ({"text", "label"}, {}),
+    "pairwise_rm": ({"text"}, {}),
+    "dpo_pair": ({"prompt", "chosen_response", "rejected_response", "chosen_reward", "rejected_reward"},
+                 {"prompt": {"role", "content"}, "chosen_response": {"role", "content"},
+                  "rejected_response": {"role", "content"}}),
+    "helpsteer2": ({"prompt", "response", "split", *HELPSTEER_ATTRIBUTES}, {}),
+    "helpsteer2_preference": ({"prompt", "response_1", "response_2", "preference_strength", "split"}, {}),
+    "sdg": ({"system", "prompt", "conversations", "responses", "response", "reward", "attributes", *_SDG_META,
+             *ALL_STEERLM_ATTRIBUTES},
+            {"conversations": {"from", "value", "label"}, "responses": _SDG_RESPONSE}),
+}
+
+
+def unknown_fields(row: dict, kind: str) -> list[str]:
+    """The fields of `row` its type (a KNOWN_FIELDS key) does not define: `extra`, `conversations[].extra`."""
+    top, nested = KNOWN_FIELDS[kind]
+    out = [k for k in row if k not in top]
+    for key, known in nested.items():
+        value = row.get(key)
+        items = value if isinstance(value, list) else [value] if isinstance(value, dict) else []
+        suffix = "[]" if isinstance(value, list) else ""
+        extra = {k for item in items if isinstance(item, dict) for k in item if k not in known}
+        out += [f"{key}{suffix}.{k}" for k in sorted(extra)]
+    return out
 
 
 # --- Rendering (the Nemotron / SteerLM template) -----------------------------------------------------------

@@ -29,6 +29,7 @@ from pathlib import Path
 from data_prep.filters import FilterConfig, Filters, add_filter_args, filter_config_from_args
 from data_prep.inputs import DataPrepError, iter_file
 from data_prep.jsonl import Rejects
+from data_prep.output_set import OutputSet
 from data_prep.pairs import IDENTICAL, TOO_FEW, PromptGroup, Response, in_validation, parse_weights, select_pairs
 from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_outputs
 from data_prep.schemas import (
@@ -110,9 +111,11 @@ def convert_sdg(inputs: str | Path | list, output_dir: str | Path, config: SDGCo
             continue
         _convert_split(split, gs, cfg, filters, report, files)
     report.check()
-    for name, lines in write_outputs(out, files).items():
-        report.outputs[name].lines = lines
-    report.write(out)
+    with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
+        for name, lines in write_outputs(staged.dir, files).items():
+            report.outputs[name].lines = lines
+        report.write(staged.dir)
+        staged.commit()
     return report.as_dict()
 
 
@@ -179,6 +182,7 @@ def _read_groups(paths: list[str], cfg: SDGConfig, report: Report) -> list[Promp
         first_bad, n_ok = len(bad), 0
         for line, row in iter_file(path, validate, cfg.on_bad_row, bad):
             n_ok += 1
+            report.count_unknown(path, (row,), "sdg")
             system = row.get("system", cfg.system)
             turns = [("User", row["prompt"])] if "prompt" in row else [(t["from"], t["value"]) for t in row["conversations"]]
             if "responses" in row:

@@ -149,6 +149,9 @@ class DataConfig:
     overlong: str = "truncate"  # truncate (keep the first max_seq_length tokens) | drop
     on_bad_row: str = "error"  # error | skip (skipped rows go to <run dir>/rejects.jsonl)
     shuffle: bool = True
+    # Row fields the format does not define (data_prep/schemas.py KNOWN_FIELDS): ignore | count (one warning
+    # per file) | error (a bad row, so data.on_bad_row applies)
+    unknown_fields: str = "count"
 
 
 @dataclass
@@ -402,7 +405,9 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dry_run: bool = False  # print what would run (backend=nemo: the command and sbatch script) and stop
     seed: int = 1234
-    resume: bool = False  # continue from the last checkpoint in the run directory
+    resume: bool = False  # continue from the last checkpoint in the run directory (checked: recipes/resume.py)
+    # Keys (or prefixes) a resume may change on purpose: resume_allow_changes=[trainer.max_steps]
+    resume_allow_changes: List[str] = field(default_factory=list)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -430,6 +435,7 @@ CHOICES = {
     "data.prompt_template": ("nemotron", "hf"),
     "data.overlong": ("truncate", "drop"),
     "data.on_bad_row": ("error", "skip"),
+    "data.unknown_fields": ("ignore", "count", "error"),
     "model.source": ("tiny", "gguf", "hf"),
     "model.peft.peft_scheme": ("none", "lora"),
     "model.optim.sched.name": ("constant", "cosine"),
@@ -461,8 +467,9 @@ def validate(cfg) -> list[str]:
             problems.append(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if cfg.stage.name not in STAGES:
         problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)} (backend={cfg.backend.name})")
-    if cfg.model.global_batch_size < 1 or cfg.model.micro_batch_size < 1:
-        problems.append("model.global_batch_size and model.micro_batch_size must be >= 1")
+    from recipes.ranges import check as check_ranges
+
+    problems += check_ranges(cfg)  # every number within its range (recipes/ranges.py)
     return problems
 
 

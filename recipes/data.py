@@ -12,17 +12,40 @@ import logging
 from pathlib import Path
 
 from data_prep.jsonl import Rejects, read_jsonl
-from data_prep.schemas import validate_sft_chat
+from data_prep.schemas import unknown_fields, validate_sft_chat
 from recipes.chat import Encoded, encode_chat, truncate
 
 log = logging.getLogger(__name__)
 
 
-def read_rows(path: str, validate, data_cfg, rejects: Rejects) -> list[tuple[int, dict]]:
-    rows = list(read_jsonl(path, validate, on_bad_row=data_cfg.on_bad_row, rejects=rejects))
+def read_rows(path: str, validate, data_cfg, rejects: Rejects, kind: str | None = None) -> list[tuple[int, dict]]:
+    rows = read_checked(path, validate, kind, data_cfg, rejects)
     if not rows:
         raise ValueError(f"{path}: no usable rows ({len(rejects)} rejected, see rejects.jsonl)" if len(rejects)
                          else f"{path}: the file has no rows")
+    return rows
+
+
+def read_checked(path: str, validate, kind: str | None, data_cfg, rejects: Rejects) -> list[tuple[int, dict]]:
+    """The good rows of a training file; fields a `kind` row does not define (schemas.KNOWN_FIELDS) follow
+    data.unknown_fields: ignore, count (one warning per file, the default) or error (a bad row)."""
+    mode = data_cfg.get("unknown_fields", "count") if kind else "ignore"
+    counts: dict[str, int] = {}
+
+    def check(row: dict):
+        problems = validate(row) if validate else []
+        extra = unknown_fields(row, kind) if mode != "ignore" and not problems else []
+        if extra and mode == "error":
+            return [(extra[0], "unknown field (data.unknown_fields=count or ignore accepts it)")]
+        for name in extra:
+            counts[name] = counts.get(name, 0) + 1
+        return problems
+
+    rows = list(read_jsonl(path, check, on_bad_row=data_cfg.on_bad_row, rejects=rejects))
+    if counts:
+        listing = ", ".join(f"{k} ({n} row{'s' * (n != 1)})" for k, n in counts.items())
+        log.warning("%s: fields a %s row does not define, ignored: %s (data.unknown_fields=error refuses them, "
+                    "=ignore silences this)", Path(path).name, kind, listing)
     return rows
 
 
@@ -58,4 +81,4 @@ def _reject(path: str, line: int, reason: str) -> dict:
 
 
 def load_sft(path: str, data_cfg, rejects: Rejects) -> list[tuple[int, dict]]:
-    return read_rows(path, validate_sft_chat, data_cfg, rejects)
+    return read_rows(path, validate_sft_chat, data_cfg, rejects, "sft_chat")

@@ -233,8 +233,7 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
     model.train()
     train, counts = encode_pairs(train_rows, train_path, tokenizer, cfg.data, cfg.model.data, rejects)
     val = encode_pairs(val_rows, val_path, tokenizer, cfg.data, cfg.model.data, rejects)[0] if val_rows else []
-    if len(rejects):
-        rejects.write(run_dir / "rejects.jsonl")
+    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
     if not train:
         raise ValueError(f"{train_path}: no trainable pairs after filtering")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import json
 import logging
 import math
@@ -21,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from data_prep.jsonl import atomic_write_text
+from data_prep.jsonl import append_bytes, atomic_write_text, write_error
 from recipes.models import is_peft, save_hf
 
 log = logging.getLogger(__name__)
@@ -119,14 +121,23 @@ def pad_batch(seqs: list[list[int]], pad_value: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- metrics
 class MetricsLogger:
-    """Appends metrics to `<run dir>/metrics.jsonl` and `metrics.csv`, and to wandb when enabled."""
+    """Appends metrics to `<run dir>/metrics.jsonl` and `metrics.csv`, and to wandb when enabled.
+
+    Each row is written whole or not at all (a full disk leaves no torn row). A resumed run first cuts
+    both files back to the step of the checkpoint it resumes from, so every step appears once, and
+    continues the same wandb run (online: rewound to that step with wandb's `resume_from`).
+    """
 
     def __init__(self, run_dir: Path, cfg, resume: bool):
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
-        if not resume:
+        ckpt = latest_checkpoint(run_dir) if resume else None
+        step = int(ckpt.name.split("_")[1]) if ckpt is not None else 0
+        if ckpt is None:
             for p in (self.jsonl, self.csv):
                 p.unlink(missing_ok=True)
+        else:
+            cut_metrics(run_dir, step)
         self.fields: list[str] | None = None
         self.wandb = None
         wcfg = cfg.logger.wandb
@@ -134,15 +145,17 @@ class MetricsLogger:
             import wandb
 
             safe_cfg = OmegaConf.to_container(cfg, resolve=True)
+            run_id = _wandb_run_id(run_dir, fresh=ckpt is None)
+            where = ({"resume_from": f"{run_id}?_step={step}"} if ckpt is not None and wcfg.mode == "online"
+                     else {"id": run_id, "resume": "allow"})
             self.wandb = wandb.init(
                 project=wcfg.project, name=wcfg.name or run_dir.name, mode=wcfg.mode, dir=str(run_dir),
-                config=safe_cfg, resume="allow" if resume else None,
+                config=safe_cfg, **where,
             )
 
     def log(self, metrics: dict, step: int) -> None:
         row = {"step": step, **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}}
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_bytes(self.jsonl, (json.dumps(row) + "\n").encode())
         self._csv_row(row)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
@@ -154,23 +167,73 @@ class MetricsLogger:
             with open(self.csv, newline="") as f:
                 self.fields = next(csv.reader(f), None)
         if self.fields is not None and set(row) <= set(self.fields):
-            with open(self.csv, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+            append_bytes(self.csv, _csv_text([row], self.fields, header=False).encode())
             return
-        rows = []
-        if self.csv.exists():
-            with open(self.csv, newline="") as f:
-                rows = list(csv.DictReader(f))
+        rows = _csv_rows(self.csv)
         rows.append(row)
         self.fields = list(dict.fromkeys([*(self.fields or []), *row]))
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        atomic_write_text(self.csv, _csv_text(rows, self.fields))
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _csv_text(rows: list[dict], fields: list[str], header: bool = True) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\r\n")
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    """The complete rows of metrics.csv (a row torn by an older version's crash is left out)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines:
+        return []
+    head = lines[0]
+    return [dict(zip(head, r)) for r in lines[1:] if len(r) == len(head)]
+
+
+def cut_metrics(run_dir: Path, step: int) -> None:
+    """Drop the metric rows after `step` (and any torn row): what a resume from step_<step> re-logs."""
+    jsonl, csv_path = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+    if jsonl.exists():
+        kept = []
+        for line in jsonl.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_text(jsonl, "".join(kept))
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            head = next(csv.reader(f), None)
+        rows = [r for r in _csv_rows(csv_path) if _step_of(r) is not None and _step_of(r) <= step]
+        atomic_write_text(csv_path, _csv_text(rows, head) if head else "")
+
+
+def _step_of(row: dict) -> int | None:
+    try:
+        return int(float(row["step"]))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _wandb_run_id(run_dir: Path, fresh: bool) -> str:
+    """The run's wandb id, kept in <run dir>/wandb/run_id so that a resume continues the same wandb run."""
+    path = run_dir / "wandb" / "run_id"
+    if not fresh and path.is_file():
+        return path.read_text().strip()
+    run_id = os.urandom(6).hex()
+    atomic_write_text(path, run_id + "\n")
+    return run_id
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -203,25 +266,41 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, name: str, model, tokenizer, optimizer=None, state: dict | None = None,
-                    merged: bool = False, extra_files: dict | None = None) -> Path:
+                    merged: bool = False, extra_files: dict | None = None, extra_tensors: dict | None = None) -> Path:
     """Write `<run dir>/checkpoints/<name>/` atomically: build it in a temp dir, then rename.
 
     Holds a loadable HF checkpoint (safetensors + tokenizer + config), and for resumable
     checkpoints the optimizer state (`optimizer.safetensors`) and `trainer_state.json`.
     """
     ckpt_root = run_dir / "checkpoints"
-    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
+    final, tmp, old = ckpt_root / name, ckpt_root / f".tmp-{name}", ckpt_root / f".old-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(model, tokenizer, tmp, merged=merged)
-    if optimizer is not None:
-        tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng_state.safetensors"))
-        atomic_write_text(tmp / "trainer_state.json", json.dumps({**(state or {}), **meta}, indent=1))
-    for fname, text in (extra_files or {}).items():
-        atomic_write_text(tmp / fname, text)
-    shutil.rmtree(final, ignore_errors=True)
+    try:
+        save_hf(model, tokenizer, tmp, merged=merged)
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng_state.safetensors"))
+            atomic_write_text(tmp / "trainer_state.json", json.dumps({**(state or {}), **meta}, indent=1))
+        for fname, text in (extra_files or {}).items():
+            atomic_write_text(tmp / fname, text)
+        for fname, tensors in (extra_tensors or {}).items():  # e.g. a reward model's head
+            save_file(tensors, str(tmp / fname))
+    except BaseException as err:
+        # A full disk (or Ctrl-C) mid-save: the partial copy goes, so it does not keep the disk full; the
+        # checkpoints already there stay as they were. The message gives the space left when it failed.
+        if "No space left" in str(err) and not isinstance(err, OSError):  # safetensors' own SafetensorError
+            err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        failure = write_error(final, err) if isinstance(err, OSError) else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
+        raise
+    if final.exists():  # the old one goes only once the new one is complete
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -373,26 +373,33 @@ def run_data_step(job: Job) -> dict:
         from data_prep.sdg import convert_sdg
 
         return convert_sdg(a.pop("inputs", None) or a.pop("input"), job.dir, **a)
-    # concat: a blend of JSONL files (the General SFT blend keeps a share of the Code SFT data).
-    out = job.outputs["output"]
-    rows = {}
-    with open(out, "w", encoding="utf-8") as f:
-        for path in a["inputs"]:
-            n = 0
-            for line in Path(path).read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    f.write(line + "\n")
-                    n += 1
-            rows[str(path)] = n
-    report = {"outputs": {out.name: {"rows_in": sum(rows.values()), "rows_out": sum(rows.values()), "rejected": {}}},
-              "inputs": rows}
-    atomic_write_text(job.dir / "report.json", json.dumps(report, indent=1) + "\n")
+    # concat: a blend of JSONL files (the General SFT blend keeps a share of the Code SFT data), committed
+    # with its report.json as one set like every data step's output (data_prep/output_set.py).
+    from data_prep.jsonl import write_all, write_error
+    from data_prep.output_set import OutputSet
+
+    name = job.outputs["output"].name
+    with OutputSet(job.dir) as staged:
+        fd = os.open(staged.dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        rows = {}
+        try:
+            for path in a["inputs"]:  # a missing or unreadable input raises as it is
+                lines = [line + "\n" for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+                try:
+                    write_all(fd, "".join(lines).encode("utf-8"))
+                except OSError as err:
+                    raise write_error(job.outputs["output"], err) from None
+                rows[str(path)] = len(lines)
+        finally:
+            os.close(fd)
+        report = {"outputs": {name: {"rows_in": sum(rows.values()), "rows_out": sum(rows.values()), "rejected": {}}},
+                  "inputs": rows}
+        atomic_write_text(staged.dir / "report.json", json.dumps(report, indent=1) + "\n")
+        staged.commit()
     return report
 
 
 def execute(job: Job, action: str) -> Path:
-    from recipes import loop
-
     if action == "collect":  # a NeMo job written or submitted by an earlier run has finished
         return Path(job.outputs["output"])
     if job.kind in DATA_STEPS:
@@ -405,8 +412,15 @@ def execute(job: Job, action: str) -> Path:
         run_hooks(job.cfg, Path(job.outputs["checkpoint"]), job.dir / "eval")
         return Path(job.outputs["output"])
     job.cfg.resume = action == "resume"
-    job.dir.mkdir(parents=True, exist_ok=True)
-    loop.save_config(job.cfg, job.dir)
+    from recipes.resume import accept
+
+    finished = accept(job.cfg, job.dir, job.inputs)  # checks a resume; writes config.yaml
+    if finished is not None:  # training had finished (it failed after, e.g. in its eval hooks)
+        from recipes.evaluate import enabled, run_hooks
+
+        if enabled(job.cfg):
+            run_hooks(job.cfg, finished, job.dir / "eval")
+        return finished
     if job.cfg.backend.name == "nemo":
         from recipes.backends import nemo_backend as backend
     else:
@@ -425,14 +439,16 @@ def _files_by_stem(job: Job) -> None:
 
 
 def run(cfg, cli_overrides: list[str]) -> Path:
-    """Run (or with dry_run=true, plan) the pipeline `cfg.pipeline`; returns report.md's path. Everything
-    logged goes to <pipeline dir>/pipeline.log, each stage's own log to <stage dir>/launch.log; a dry run
+    """Run (or with dry_run=true, plan) the pipeline `cfg.pipeline`; returns report.md's path. A run holds
+    the pipeline directory's lock throughout (recipes/run_lock.py); everything logged goes to
+    <pipeline dir>/pipeline.log, each stage's own log to <stage dir>/launch.log. A dry run takes no lock and
     writes nothing."""
-    from recipes import runlog
+    from recipes import run_lock, runlog
 
     if cfg.dry_run:
         return _run(cfg, cli_overrides)
-    with runlog.log_file(pipeline_dir(cfg) / "pipeline.log"):
+    # The lock first: a refused pipeline never writes into the holder's log.
+    with run_lock.hold(pipeline_dir(cfg), "pipeline"), runlog.log_file(pipeline_dir(cfg) / "pipeline.log"):
         return _run(cfg, cli_overrides)
 
 
@@ -504,6 +520,9 @@ def run_one(job: Job, action: str, reason: str, entry: dict, manifest: dict, pdi
     runlog.say(f"\n=== [{step}] {job.name} ({job.kind}): {action} ({reason})")
     if action == "skip":
         return
+    from recipes import run_lock
+
+    run_lock.check_free(job.dir)  # a standalone run working in this stage's directory: stop, touch nothing
     if action == "run" and job.dir.exists():
         shutil.rmtree(job.dir)  # a fresh run never mixes with an older one's files
     entry.update(status="running", config_hash=job.config_hash, inputs=job.inputs, overrides=job.overrides,

@@ -29,9 +29,10 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.jsonl import Rejects, RowError, read_jsonl
+from data_prep.jsonl import Rejects, RowError
 from data_prep.schemas import nemotron_response, validate_dpo_pair
 from recipes.chat import IGNORE_INDEX, Encoded, nemotron_prompt
+from recipes.data import read_checked
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _has(row: dict, key: str) -> bool:
 
 def load_pairs(path: str, data_cfg, rejects: Rejects, reward_aware: bool, loss_name: str) -> list[tuple[int, dict]]:
     """Validated `(line, row)` of a DPO/RPO file, applying the reward rule above for RPO losses."""
-    rows = list(read_jsonl(path, validate_dpo_pair, on_bad_row=data_cfg.on_bad_row, rejects=rejects))
+    rows = read_checked(path, validate_dpo_pair, "dpo_pair", data_cfg, rejects)
     if reward_aware and rows:
         scored = [_has(r, "chosen_reward") or _has(r, "rejected_reward") for _, r in rows]
         if not any(scored):

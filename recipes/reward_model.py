@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from data_prep.schemas import STEERLM_SYSTEM_PROMPT, regression_text
@@ -162,22 +160,12 @@ def rewards(attributes: Tensor, weights) -> Tensor:
 # ---------------------------------------------------------------- checkpoints
 def save_rm_checkpoint(run_dir: Path, name: str, rm: RewardModel, tokenizer, meta: dict, optimizer=None,
                        state: dict | None = None, merged: bool = False) -> Path:
-    """Write `<run dir>/checkpoints/<name>/` atomically: loop.save_checkpoint's backbone, tokenizer,
-    optimizer and RNG state, plus `rm_head.safetensors` and `rm_config.json`.
-
-    loop.save_checkpoint builds and renames its own directory; we let it build in a staging
-    run dir, add the head, and rename the finished directory into place.
-    """
-    staging = run_dir / "checkpoints" / ".staging"
-    path = loop.save_checkpoint(staging, name, rm.backbone, tokenizer, optimizer, state, merged=merged,
-                                extra_files={RM_CONFIG_FILE: json.dumps(meta, indent=1)})
+    """Write `<run dir>/checkpoints/<name>/` atomically (loop.save_checkpoint): the backbone, tokenizer,
+    optimizer and RNG state, plus `rm_head.safetensors` and `rm_config.json`."""
     head = {k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}
-    save_file(head, str(path / RM_HEAD_FILE))
-    final = run_dir / "checkpoints" / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(path, final)
-    shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return loop.save_checkpoint(run_dir, name, rm.backbone, tokenizer, optimizer, state, merged=merged,
+                                extra_files={RM_CONFIG_FILE: json.dumps(meta, indent=1)},
+                                extra_tensors={RM_HEAD_FILE: head})
 
 
 def load_head(ckpt: Path, rm: RewardModel) -> None:

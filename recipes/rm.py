@@ -49,7 +49,8 @@ class Example:
 def load_examples(path: str, tokenizer, cfg, rejects: Rejects) -> tuple[list[Example], dict]:
     """Validated, tokenised rows of a regression JSONL; over-long rows follow `data.overlong`
     (`truncate` keeps the last data.max_seq_length tokens, where the reward is read)."""
-    rows = read_rows(path, lambda r: validate_regression_rm(r, cfg.model.regression.num_attributes), cfg.data, rejects)
+    rows = read_rows(path, lambda r: validate_regression_rm(r, cfg.model.regression.num_attributes), cfg.data, rejects,
+                     "regression_rm")
     examples, n_truncated, no_label_start, other_system = [], 0, 0, 0
     header = SYSTEM_TEMPLATE.format(value=STEERLM_SYSTEM_PROMPT)
     for line, row in rows:
@@ -241,8 +242,7 @@ def run(cfg, run_dir: Path) -> Path:
     rejects = Rejects()
     train, counts = load_examples(train_path, tokenizer, cfg, rejects)
     val = load_examples(val_path, tokenizer, cfg, rejects)[0] if val_path else []
-    if len(rejects):
-        rejects.write(run_dir / "rejects.jsonl")
+    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
         if bt:  # a dropped row would pair the rows after it with the wrong partner
             raise ValueError(f"{len(rejects)} rows rejected; the *_bt losses need every pair intact (see rejects.jsonl)")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_prep.jsonl import Rejects, RowError, read_jsonl
+from data_prep.jsonl import Rejects, RowError, append_synced, read_jsonl
 from data_prep.schemas import ALL_STEERLM_ATTRIBUTES, SDG_ATTRIBUTE_RANGE, validate_sdg_row
 from recipes import loop
 from recipes.config import RegressionConfig
@@ -134,14 +134,14 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
             attrs = score_texts(rm, tokenizer, texts, batch_size, meta["max_seq_length"], device, precision)
             rs = rewards(attrs, weights).tolist()
             attrs_l = attrs.tolist()
-            k = 0
+            k, lines = 0, []
             for row in pending:
                 n = len(response_texts(row))
-                out.write(json.dumps(with_scores(row, attrs_l[k:k + n], rs[k:k + n], names, keep), ensure_ascii=False) + "\n")
+                scored = with_scores(row, attrs_l[k:k + n], rs[k:k + n], names, keep)
+                lines.append(json.dumps(scored, ensure_ascii=False) + "\n")
                 stats["out_of_range"] += sum(not lo <= a[i] <= hi for a in attrs_l[k:k + n] for i in keep)
                 k += n
-            out.flush()
-            os.fsync(out.fileno())  # a crash loses at most the batch being scored
+            append_synced(out, "".join(lines), partial)  # a crash loses at most this batch (_done_rows)
             stats["scored"] += len(pending)
             stats["responses"] += len(texts)
             pending.clear()
@@ -166,8 +166,7 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
         raise ValueError(f"{partial} has {len(done)} rows but {input_file} only {stats['rows']}: "
                          "not an output of this input; delete it or choose another output_file")
     os.replace(partial, output_file)
-    if len(rejects):
-        rejects.write(output_file.with_name(output_file.stem + ".rejects.jsonl"))
+    rejects.save(output_file.with_name(output_file.stem + ".rejects.jsonl"))
     if stats["out_of_range"]:
         log.warning("%d attribute values outside [%g, %g]; data_prep.sdg rejects those rows (is the reward model "
                     "trained on the 0-4 HelpSteer scale?)", stats["out_of_range"], lo, hi)

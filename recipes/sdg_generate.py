@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_prep.jsonl import atomic_write_text, cut_torn_tail, read_jsonl
+from data_prep.jsonl import append_synced, atomic_write_text, cut_torn_tail, read_jsonl
 from data_prep.pairs import PromptGroup
 from data_prep.schemas import ROLES
 
@@ -165,6 +164,7 @@ def generate_file(rows: list[dict], output: Path, generate, params, n: int, mode
             if len(texts) != n * len(chunk):
                 raise RuntimeError(f"generator returned {len(texts)} responses for {n * len(chunk)} requests")
             reasons = failure_reasons(generate, len(texts))
+            lines = []
             for i, row in enumerate(chunk):
                 mine = texts[i * n:(i + 1) * n]
                 if any(t is None for t in mine):
@@ -172,12 +172,11 @@ def generate_file(rows: list[dict], output: Path, generate, params, n: int, mode
                     failures.append({**{k: row[k] for k in ("id", "prompt", "conversations") if k in row},
                                      "failed_responses": sum(t is None for t in mine), "error": why})
                     continue
-                f.write(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
+                lines.append(json.dumps(record(row, mine, model), ensure_ascii=False) + "\n")
                 stats["empty_responses"] += sum(not t.strip() for t in mine)
                 stats["generated"] += 1
                 stats["responses"] += n
-            f.flush()
-            os.fsync(f.fileno())  # a crash loses at most the chunk being generated
+            append_synced(f, "".join(lines), output)  # a crash loses at most this chunk (done_keys)
             bar.update(len(chunk))
     bar.close()
     stats["failed_prompts"] = len(failures)

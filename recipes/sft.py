@@ -91,8 +91,7 @@ def run(cfg, run_dir: Path) -> Path:
     model.train()
     train, counts = encode_sft_rows(train_rows, train_path, tokenizer, cfg.data, rejects)
     val = encode_sft_rows(val_rows, val_path, tokenizer, cfg.data, rejects)[0] if val_rows else []
-    if len(rejects):
-        rejects.write(run_dir / "rejects.jsonl")
+    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
     if not train:
         raise ValueError(f"{train_path}: no trainable examples after filtering")

@@ -314,12 +314,17 @@ def sdg_to_sft(annotated: list[dict]) -> list[dict]:
     """One labelled SFT row per scored response of stage=rm_annotate output (SDG records or flat rows)."""
     from recipes.rm_annotate import prompt_turns
 
-    out = []
+    out, empty = [], 0
     for rec in annotated:
         system = rec.get("system") or STEERLM_SYSTEM_PROMPT  # the prompt the reward model scored them under
         for resp in rec["responses"] if "responses" in rec else [rec]:
             text = resp["text"] if "responses" in rec else resp["response"]
+            if not text.strip():  # an empty generation is no SFT answer (schemas.validate_sft_chat)
+                empty += 1
+                continue
             out.append(sft_chat_row(system, prompt_turns(rec), text, label_from_attributes(resp["attributes"])))
+    if empty:
+        log.warning("left out %d empty responses (no answer to train on)", empty)
     return out
 
 

@@ -82,7 +82,8 @@ def test_dedup_and_empty():
     assert f.response_reasons(["ok", "\t"]) == [None, ("empty_text", "the response is empty")]
     keep = Filters(FilterConfig(dedup=False, drop_empty=False))
     assert keep.prompt_reason("x", "x") is None and keep.prompt_reason("x", "x") is None
-    assert keep.response_reasons([""]) == [None]
+    # An empty answer is never kept: no output row type accepts one (data_prep/schemas.py).
+    assert keep.response_reasons([""]) == [("empty_text", "the response is empty")]
 
 
 @pytest.fixture(scope="module")

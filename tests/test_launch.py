@@ -119,3 +119,27 @@ def test_a_stage_failing_on_the_default_demo_sample_says_where_it_came_from():
                     "stage=dpo add data=none and name your own model.data.train_ds.file_path)")
     assert demo_data_hint(dpo, "pairs.jsonl:3: prompt: missing") == ""  # the user's own file
     assert demo_data_hint(compose_cfg("stage=sft"), "sft_val.jsonl:1: conversations: missing") == ""  # it fits SFT
+
+
+def test_damaged_model_checkpoint_is_one_line(tmp_path, capsys):
+    """An error raised while loading what the user pointed at (here safetensors' own) becomes one line."""
+    import pytest
+
+    sys.path.insert(0, str(REPO))
+    import launch
+    from recipes.models import load_model
+    from tests.conftest import compose_cfg
+    from tests.test_sdg_generate import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    cfg = compose_cfg("model=hf", f"model.name_or_path={model}")
+    with pytest.raises(Exception) as err:
+        load_model(cfg.model, None, 0)
+    assert not isinstance(err.value, launch.USER_ERRORS) and launch.user_error(err.value)
+    assert not launch.user_error(RuntimeError("a bug of ours"))  # elsewhere a traceback stays a traceback
+    with pytest.raises(SystemExit) as done:
+        launch.fail(err.value)
+    assert str(done.value).startswith("error: SafetensorError: Error while deserializing header")
+    assert "\n" not in str(done.value)
