@@ -128,7 +128,6 @@ RANGES: dict[str, Range] = {
     "eval.ifeval.limit": ZERO_IS_ALL,
     "eval.mt_bench.max_new_tokens": POSITIVE_INT,
     "eval.mt_bench.limit": ZERO_IS_ALL,
-    "eval.mt_bench.judge.concurrency": POSITIVE_INT,
     "eval.reward_bench.batch_size": POSITIVE_INT,
     "eval.reward_bench.limit": ZERO_IS_ALL,
     "eval.reward_bench.attribute_weights": ANY,
@@ -136,9 +135,12 @@ RANGES: dict[str, Range] = {
     "backend.nemo.tensor_model_parallel_size": POSITIVE_INT,
     "backend.nemo.pipeline_model_parallel_size": POSITIVE_INT,
 }
-for _gen in ("eval.generator", "sdg.generator"):  # the two generator clients
-    RANGES.update({f"{_gen}.concurrency": POSITIVE_INT, f"{_gen}.batch_size": POSITIVE_INT,
-                   f"{_gen}.timeout_s": above(0), f"{_gen}.max_retries": COUNT})
+for _client in ("eval.generator", "sdg.generator", "eval.mt_bench.judge"):  # every served client (ServedClientConfig)
+    RANGES.update({f"{_client}.max_concurrency": POSITIVE_INT, f"{_client}.timeout_s": above(0),
+                   f"{_client}.max_retries": COUNT, f"{_client}.backoff_s": at_least(0),
+                   f"{_client}.requests_per_minute": above(0), f"{_client}.max_failed_fraction": PROBABILITY})
+for _gen in ("eval.generator", "sdg.generator"):
+    RANGES[f"{_gen}.batch_size"] = POSITIVE_INT
 for _name in ("quality", "understanding", "correctness", "coherence", "complexity", "verbosity", "toxicity", "humor",
               "creativity", "violence", "helpfulness", "not_appropriate", "hate_speech", "sexual_content",
               "fails_task", "political_content", "moral_judgement"):
