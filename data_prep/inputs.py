@@ -86,7 +86,8 @@ def iter_source(spec: str, validate: Validator | None, on_bad_row: str, rejects:
     try:
         splits = load_dataset(str(spec))
     except Exception as e:  # offline, unknown id, no data files: one line instead of a datasets traceback
-        raise DataPrepError(f"cannot load dataset {spec!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        why = (str(e).strip().splitlines() or ["no message"])[0]
+        raise DataPrepError(f"cannot load dataset {spec!r} ({type(e).__name__}: {why})") from None
     found = [f for f in fallback if f in splits] + (list(splits) if len(splits) == 1 else [])
     name = split or (found[0] if found else f"one of {'/'.join(fallback)}")
     if name not in splits:
