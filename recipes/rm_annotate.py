@@ -182,6 +182,9 @@ def run(cfg, run_dir: Path) -> Path:
     if not a.input_file or not a.reward_model:
         raise ValueError("stage=rm_annotate needs annotate.input_file and annotate.reward_model "
                          "(a checkpoint directory written by stage=rm)")
+    if not Path(a.reward_model).is_dir():
+        raise ValueError(f"annotate.reward_model: no reward-model checkpoint at {a.reward_model} (a directory "
+                         "written by stage=rm, e.g. <run dir>/checkpoints/final)")
     output = Path(a.output_file) if a.output_file else run_dir / "annotated.jsonl"
     # model.regression.attribute_weights overrides the checkpoint's weights only when set to something
     # other than its default.

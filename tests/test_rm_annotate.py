@@ -126,6 +126,9 @@ def test_stage_and_custom_weights(reward_model, tmp_path):
     cfg = compose_cfg(*TINY, "stage=rm_annotate", f"exp_manager.explicit_log_dir={tmp_path}")
     with pytest.raises(ValueError, match="annotate.input_file and annotate.reward_model"):
         rm_annotate.run(cfg, tmp_path)
+    cfg = compose_cfg(*TINY, "stage=rm_annotate", f"annotate.input_file={SDG}", "annotate.reward_model=/no/rm")
+    with pytest.raises(ValueError, match=r"^annotate.reward_model: no reward-model checkpoint at /no/rm"):
+        rm_annotate.run(cfg, tmp_path)
 
 
 def test_annotated_file_feeds_data_prep(reward_model, tmp_path):
