@@ -258,9 +258,8 @@ def validate_pairwise_rm_file(rows: list[dict]) -> Problems:
 # --- DPO / RPO pairs ---------------------------------------------------------------------------------------
 
 
-def _check_messages(msgs, where: str) -> Problems:
-    if not msgs:
-        return [(where, "must be a non-empty string or list of messages")]
+def _each_message(msgs: list, where: str) -> Problems:
+    """Every item an object with a known `role` and a string `content`."""
     problems: Problems = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
@@ -269,6 +268,13 @@ def _check_messages(msgs, where: str) -> Problems:
         if m.get("role") not in OPENAI_ROLES:
             problems.append((f"{where}[{i}].role", f"must be one of {', '.join(OPENAI_ROLES)}, got {m.get('role')!r}"))
         problems += _check_str(m, "content", f"{where}[{i}].content")
+    return problems
+
+
+def _check_messages(msgs, where: str) -> Problems:
+    if not msgs:
+        return [(where, "must be a non-empty string or list of messages")]
+    problems = _each_message(msgs, where)
     if problems:
         return problems
     roles = [m["role"] for m in msgs]
@@ -329,14 +335,7 @@ def _check_conversation(msgs, where: str) -> Problems:
     """System (optional, first), then user/assistant turns alternating from user and ending with assistant."""
     if not isinstance(msgs, list) or not msgs:
         return [(where, f"must be a non-empty list of messages, got {_got(msgs)}")]
-    problems: Problems = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            problems.append((f"{where}[{i}]", f"must be an object, got {_type_name(m)}"))
-            continue
-        if m.get("role") not in OPENAI_ROLES:
-            problems.append((f"{where}[{i}].role", f"must be one of {', '.join(OPENAI_ROLES)}, got {m.get('role')!r}"))
-        problems += _check_str(m, "content", f"{where}[{i}].content")
+    problems = _each_message(msgs, where)
     if problems:
         return problems
     roles = [m["role"] for m in msgs]
