@@ -162,6 +162,9 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
                 flush()
         if pending:
             flush()
+    if stats["rows"] == 0:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"{input_file}: no rows to score ({len(rejects)} bad rows skipped)")
     if stats["rows"] < len(done):
         raise ValueError(f"{partial} has {len(done)} rows but {input_file} only {stats['rows']}: "
                          "not an output of this input; delete it or choose another output_file")
