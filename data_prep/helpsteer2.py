@@ -8,7 +8,8 @@ Outputs per split (`train`, `val`) in --output-dir:
 * `{split}_reg.jsonl`      regression RM rows        } preprocess_helpsteer2_data.py +
 * `train_reg_{N}_epoch.jsonl`  train_reg repeated N times (--epochs N > 1)  } process_to_regression_format.py
 * `{split}_dpo.jsonl`      DPO/RPO pairs: per prompt, chosen = higher helpfulness; ties dropped
-                           (HelpSteer2 §4.3: 7,221 pairs from the train split); rewards = weighted attributes
+                           (HelpSteer2 §4.3: 7,221 pairs from the train split); rewards = weighted attributes;
+                           message-list prompts, rendered at training time in the policy's own template
 * `{split}_rm_pairs.jsonl` with --rm-pairs: the same pairs as adjacent pairwise-RM lines (rendered like the
                            regression rows, so a Bradley-Terry head can start from the regression RM)
 * `report.json`, `rejects.jsonl`  (see data_prep/report.py)
@@ -43,15 +44,16 @@ from data_prep.schemas import (
     OPEN_ASSISTANT_ATTRIBUTES,
     STEERLM_SYSTEM_PROMPT,
     TURN_START,
+    assistant_message,
+    chat_messages,
     dpo_row,
-    nemotron_prompt,
-    nemotron_response,
     pairwise_rm_rows,
     regression_label,
     regression_row,
     regression_text,
     render_turns,
     sft_chat_row,
+    split_turns,
     steerlm_label,
     validate_helpsteer2_preference_row,
     validate_helpsteer2_row,
@@ -73,6 +75,7 @@ class HelpSteer2Config:
     val_fraction: float = 0.05  # only for one local file without a `split` column (HelpSteer2's own 95/5)
     seed: int = 1234
     on_bad_row: str = "error"
+    allow_empty: bool = False  # write empty output files instead of failing when the filters remove every row
     # Dedup is off: HelpSteer2 is already deduplicated and NeMo-Aligner keeps every row.
     filters: FilterConfig = field(default_factory=lambda: FilterConfig(dedup=False))
 
@@ -99,6 +102,7 @@ def convert_helpsteer2(input: str = HUB_ID, output_dir: str | Path = "data/helps
         else:
             _regular_split(prefix, rows, cfg, filters, report, files)
     report.check()
+    report.refuse_empty(cfg.allow_empty)  # before anything is written
     with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
         for name, lines in write_outputs(staged.dir, files).items():
             report.outputs[name].lines = lines
@@ -282,8 +286,11 @@ def _reg_rows(kept: list[dict], only: tuple[str, ...] | None) -> list[dict]:
 
 
 def _dpo_rows(pairs: list[tuple], system: str) -> list[dict]:
-    """DPO/RPO rows: the Nemotron prompt, responses ending with `<extra_id_1>`, weighted rewards."""
-    return [dpo_row(nemotron_prompt(system, turns), nemotron_response(chosen), nemotron_response(rejected), rc, rj)
+    """DPO/RPO rows: message-list prompts (HelpSteer2's multi-turn prompts split into their turns) and
+    assistant-message responses, weighted rewards; training renders them in the policy's template."""
+    # A HelpSteer2 prompt is one User turn (earlier turns embedded with <extra_id_1> markers): split it.
+    return [dpo_row(chat_messages(system, split_turns(turns[0][1])), assistant_message(chosen),
+                    assistant_message(rejected), rc, rj)
             for turns, chosen, rejected, rc, rj in pairs]
 
 
@@ -358,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of that split (default: %(default)s)")
     p.add_argument("--on-bad-row", choices=("error", "skip"), default=d.on_bad_row,
                    help="stop at the first bad row (exit code 2), or skip it into rejects.jsonl (default: %(default)s)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write empty output files when the filters remove every row (default: exit code 2)")
     add_filter_args(p, dedup_default=d.filters.dedup)
     return p
 
@@ -367,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = convert_helpsteer2(a.input, a.output_dir, only_helpfulness=a.only_helpfulness, epochs=a.epochs,
                                 preference=a.preference, weights=a.weights, dpo_system=a.dpo_system, rm_pairs=a.rm_pairs,
                                 val_fraction=a.val_fraction, seed=a.seed, on_bad_row=a.on_bad_row,
-                                filters=filter_config_from_args(a))
+                                allow_empty=a.allow_empty, filters=filter_config_from_args(a))
     print_summary(report, a.output_dir)
     return report
 

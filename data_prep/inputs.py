@@ -70,6 +70,31 @@ def iter_file(path: str | Path, validate: Validator | None, on_bad_row: str, rej
         yield from read_jsonl(path, validate, on_bad_row=on_bad_row, rejects=rejects)
 
 
+def iter_source(spec: str, validate: Validator | None, on_bad_row: str, rejects: Rejects, split: str | None = None,
+                split_key: str = "split", fallback: tuple[str, ...] = ("train",)) -> Iterator[tuple[int, dict]]:
+    """Rows of a training source: a local file (iter_file), or a local dataset directory / a Hugging Face hub
+    id read with `datasets.load_dataset`: the split `split`, else the first of `fallback` it has, else its
+    only split. `split_key` names the config key that sets the split, for the error when one is needed."""
+    path = Path(spec)
+    if path.is_file():
+        yield from iter_file(path, validate, on_bad_row, rejects)
+        return
+    if not path.is_dir() and not is_hub_id(spec):
+        raise FileNotFoundError(f"data file not found: {spec} (not a file, a dataset directory or a hub id)")
+    from datasets import load_dataset
+
+    try:
+        splits = load_dataset(str(spec))
+    except Exception as e:  # offline, unknown id, no data files: one line instead of a datasets traceback
+        why = (str(e).strip().splitlines() or ["no message"])[0]
+        raise DataPrepError(f"cannot load dataset {spec!r} ({type(e).__name__}: {why})") from None
+    found = [f for f in fallback if f in splits] + (list(splits) if len(splits) == 1 else [])
+    name = split or (found[0] if found else f"one of {'/'.join(fallback)}")
+    if name not in splits:
+        raise DataPrepError(f"{spec} has no split {name!r} (splits: {', '.join(splits)}); set {split_key}")
+    yield from validated(splits[name], f"{spec}:{name}", validate, on_bad_row, rejects)
+
+
 def find_split_files(directory: Path) -> dict[str, Path]:
     """`train.*` / `validation.*` (or `val.*`) inside a directory, as in the hub repo of HelpSteer2."""
     found: dict[str, Path] = {}

@@ -40,6 +40,22 @@ from data_prep.schemas import unknown_fields
 
 _INDEX = re.compile(r"\[\d+\]")
 
+# A filter reason -> what to change when it removed every row (the option; its prep.* key; its CLI flag).
+FILTER_KEYS = {
+    "below_min_reward": "sft.min_reward: prep.sft_min_reward / --sft-min-reward, null or none turns it off",
+    "chosen_below_min_reward": "pairs.min_chosen_reward: prep.min_chosen_reward / --min-chosen-reward, null or none "
+                               "turns it off",
+    "gap_below_min": "pairs.min_gap: prep.min_gap / --min-gap",
+    "tie": "the responses: every prompt needs two with different rewards (sdg.n_responses, sdg.temperature)",
+    "fewer_than_2_responses": "the responses: pairs need 2+ per prompt (sdg.n_responses)",
+    "identical_responses": "the responses: pairs need two different texts (sdg.temperature > 0)",
+    "no_response_left": "the response filters (report.json responses_dropped)",
+    "duplicate_prompt": "dedup: --no-dedup",
+    "too_long": "the length filter: data.max_seq_length / --max-seq-length",
+    "contaminated": "decontamination: prep.decontaminate / --decontaminate",
+    "empty_text": "the empty-text filter: --keep-empty",
+}
+
 
 @dataclass
 class OutputCount:
@@ -116,6 +132,30 @@ class Report:
         assert inp["rows_in"] == inp["rows_ok"] + sum(inp["rejected"].values()), inp
         for name, c in self.outputs.items():
             assert c.rows_in == c.rows_out + sum(c.rejected.values()), (name, asdict(c))
+
+    def refuse_empty(self, allow_empty: bool) -> None:
+        """No silent empties: when the input has no usable row, or the filters removed every row of an output
+        file, stop with one line naming the file, the filters and their counts, and the option to change
+        (`allow_empty`: prep.allow_empty=true / --allow-empty writes the empty files anyway)."""
+        if allow_empty:
+            return
+        escape = "; or allow_empty (prep.allow_empty=true, --allow-empty) to write empty files"
+        inp = self.input
+        if inp["rows_ok"] == 0:
+            bad = ", ".join(f"{k} {v}" for k, v in sorted(inp["rejected"].items(), key=lambda kv: -kv[1]))
+            raise DataPrepError(f"no usable input rows ({inp['rows_in']} read" + (f"; bad: {bad}" if bad else "") +
+                                f"){escape}")
+        emptied, seen = [], set()
+        for name, c in self.outputs.items():
+            if c.rows_in == 0 or c.rows_out > 0 or tuple(c.rejected.items()) in seen:
+                continue
+            seen.add(tuple(c.rejected.items()))  # train_rm_pairs repeats train_dpo's story
+            reasons = sorted(c.rejected.items(), key=lambda kv: -kv[1])
+            change = "; ".join(dict.fromkeys(FILTER_KEYS.get(r, r) for r, _ in reasons))
+            emptied.append(f"{name}: all {c.rows_in} {c.unit} rows removed by "
+                           + ", ".join(f"{r} {n}" for r, n in reasons) + f" (change {change})")
+        if emptied:
+            raise DataPrepError("the filters left nothing: " + "; ".join(emptied) + escape)
 
     def as_dict(self) -> dict:
         """report.json's content (without the reject records themselves, which go to rejects.jsonl)."""

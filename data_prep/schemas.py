@@ -36,6 +36,8 @@ so a script can never write a row NeMo-Aligner would reject.
 
 from __future__ import annotations
 
+import re
+
 # --- The Nemotron / SteerLM template (NeMo chat_prompt_tokens with <extra_id_*> overrides) ---
 SYSTEM_TURN_START = "<extra_id_0>"
 TURN_START = "<extra_id_1>"
@@ -269,9 +271,8 @@ def validate_pairwise_rm_file(rows: list[dict]) -> Problems:
 # --- DPO / RPO pairs ---------------------------------------------------------------------------------------
 
 
-def _check_messages(msgs, where: str) -> Problems:
-    if not msgs:
-        return [(where, "must be a non-empty string or list of messages")]
+def _each_message(msgs: list, where: str) -> Problems:
+    """Every item an object with a known `role` and a string `content`."""
     problems: Problems = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
@@ -280,6 +281,13 @@ def _check_messages(msgs, where: str) -> Problems:
         if m.get("role") not in OPENAI_ROLES:
             problems.append((f"{where}[{i}].role", f"must be one of {', '.join(OPENAI_ROLES)}, got {m.get('role')!r}"))
         problems += _check_str(m, "content", f"{where}[{i}].content")
+    return problems
+
+
+def _check_messages(msgs, where: str) -> Problems:
+    if not msgs:
+        return [(where, "must be a non-empty string or list of messages")]
+    problems = _each_message(msgs, where)
     if problems:
         return problems
     roles = [m["role"] for m in msgs]
@@ -325,6 +333,127 @@ def validate_dpo_pair(row: dict) -> Problems:
         if key in row and row[key] is not None:
             problems += _check_number(row[key], key)
     return problems
+
+
+# --- TRL rows (Hugging Face TRL's dataset formats), accepted wherever SFT and DPO/RPO rows are read ---------
+# SFT, conversational language modeling:  {"messages": [{"role": "system"?, ...}, {"role": "user", ...},
+#                                           {"role": "assistant", ...}, ...]}
+# DPO/RPO, preference (TRL's standard and conversational formats, explicit or implicit prompt):
+#   {"prompt": str, "chosen": str, "rejected": str}                        (text used as it is)
+#   {"prompt": [messages ending with user], "chosen": [assistant message], "rejected": [assistant message]}
+#   {"chosen": [messages ... assistant], "rejected": [messages ... assistant]}  (the shared start is the prompt)
+#   optional "score_chosen" / "score_rejected" become chosen_reward / rejected_reward.
+# Each is converted to our row (to_sft_chat, to_dpo_pair) right after validation, so training sees one shape.
+
+TRL_SCORES = (("score_chosen", "chosen_reward"), ("score_rejected", "rejected_reward"))
+
+
+def _check_conversation(msgs, where: str) -> Problems:
+    """System (optional, first), then user/assistant turns alternating from user and ending with assistant."""
+    if not isinstance(msgs, list) or not msgs:
+        return [(where, f"must be a non-empty list of messages, got {_got(msgs)}")]
+    problems = _each_message(msgs, where)
+    if problems:
+        return problems
+    roles = [m["role"] for m in msgs]
+    start = 1 if roles[0] == "system" else 0
+    for i in range(start, len(roles)):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if roles[i] != want:
+            return [(f"{where}[{i}].role", f"must be {want!r}: after an optional first system message, turns "
+                     f"alternate user, assistant, ... (got {roles[i]!r})")]
+    if roles[-1] != "assistant":
+        return [(f"{where}[{len(roles) - 1}].role", "the last message must be 'assistant' (nothing to train on otherwise)")]
+    return []
+
+
+def validate_messages_row(row: dict) -> Problems:
+    """A TRL conversational SFT row: `{"messages": [...]}`."""
+    return _check_conversation(row.get("messages"), "messages")
+
+
+def to_sft_chat(row: dict) -> dict:
+    """Any accepted SFT row as our NeMo chat row (a TRL `messages` row converted; a NeMo row as it is)."""
+    if "messages" not in row:
+        return row
+    msgs = row["messages"]
+    system = msgs[0]["content"] if msgs[0]["role"] == "system" else ""
+    turns = [{"from": m["role"].capitalize(), "value": m["content"], "label": None} for m in msgs if m["role"] != "system"]
+    return {"system": system, "conversations": turns, "mask": "User", "type": None}
+
+
+def validate_sft_row(row: dict) -> Problems:
+    """An SFT row in either accepted format: NeMo chat (validate_sft_chat) or TRL `messages`."""
+    return validate_messages_row(row) if "messages" in row else validate_sft_chat(row)
+
+
+def _trl_split(row: dict) -> tuple:
+    """(prompt, chosen, rejected) of a TRL preference row in our terms, or a problem string."""
+    prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+    if isinstance(chosen, str) or isinstance(rejected, str):
+        if not (isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str)):
+            return "a standard (text) row needs string prompt, chosen and rejected (an implicit prompt is not split)"
+        return prompt, chosen, rejected
+    if not (isinstance(chosen, list) and isinstance(rejected, list)) or not chosen or not rejected:
+        return "chosen and rejected must both be strings or both non-empty message lists"
+    if prompt is None:  # implicit prompt: the messages both conversations start with
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    if not isinstance(prompt, list):
+        return "with message-list chosen/rejected, prompt must be a message list too (or absent: the shared start)"
+    if len(chosen) != 1 or len(rejected) != 1:
+        return "chosen and rejected must each hold exactly one assistant message after the prompt"
+    return prompt, chosen[0], rejected[0]
+
+
+def to_dpo_pair(row: dict) -> dict:
+    """Any accepted preference row as our DPO row (TRL's converted; NeMo's DPOModelDataset shape as it is)."""
+    if "chosen" not in row and "rejected" not in row:
+        return row
+    prompt, chosen, rejected = _trl_split(row)
+    out = {"prompt": prompt, "chosen_response": chosen, "rejected_response": rejected}
+    out.update({ours: row[theirs] for theirs, ours in TRL_SCORES if row.get(theirs) is not None})
+    return out
+
+
+def validate_preference_row(row: dict) -> Problems:
+    """A DPO/RPO row in either accepted format: NeMo's DPOModelDataset (validate_dpo_pair) or TRL's preference."""
+    if "chosen" not in row and "rejected" not in row:
+        return validate_dpo_pair(row)
+    split = _trl_split(row)
+    if isinstance(split, str):
+        return [("chosen", split)]
+    theirs = {"chosen_response": "chosen", "rejected_response": "rejected", "chosen_reward": "score_chosen",
+              "rejected_reward": "score_rejected"}
+    return [(theirs.get(f, f), p) for f, p in validate_dpo_pair(to_dpo_pair(row))]
+
+
+# --- Message lists for preference rows (what data prep writes) ---------------------------------------------
+
+_EMBEDDED_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n")
+
+
+def split_turns(prompt: str) -> list[tuple[str, str]]:
+    """A prompt string holding earlier turns in the Nemotron template (HelpSteer2's multi-turn prompts:
+    `q1\n<extra_id_1>Assistant\na1\n<extra_id_1>User\nq2`) as (role, value) turns; one User turn otherwise."""
+    parts = _EMBEDDED_TURN.split(prompt)
+    turns = [("User", parts[0]), *zip(parts[1::2], parts[2::2])]
+    roles = [r for r, _ in turns]
+    if roles[-1] == "User" and all(a != b for a, b in zip(roles, roles[1:])):
+        return turns
+    return [("User", prompt)]
+
+
+def chat_messages(system: str, turns: list[tuple[str, str]]) -> list[dict]:
+    """OpenAI-style messages of a prompt: the system message (even when empty, as NeMo-Aligner's examples
+    write it), then the (role, value) turns. Training renders them in the policy's template."""
+    return [{"role": "system", "content": system}] + [{"role": role.lower(), "content": value} for role, value in turns]
+
+
+def assistant_message(text: str) -> dict:
+    return {"role": "assistant", "content": text}
 
 
 # --- Input rows: HelpSteer2, HelpSteer2-Preference, SDG ----------------------------------------------------
@@ -487,9 +616,24 @@ KNOWN_FIELDS: dict[str, tuple[set[str], dict[str, set[str]]]] = {
 }
 
 
+# TRL rows are read wherever our SFT and DPO rows are (to_sft_chat, to_dpo_pair): their own fields are known.
+_MESSAGE = {"role", "content"}
+KNOWN_FIELDS["trl_messages"] = ({"messages"}, {"messages": _MESSAGE})
+KNOWN_FIELDS["trl_preference"] = ({"prompt", "chosen", "rejected", "score_chosen", "score_rejected"},
+                                  {"prompt": _MESSAGE, "chosen": _MESSAGE, "rejected": _MESSAGE})
+
+
+def _row_kind(row: dict, kind: str) -> str:
+    if kind == "sft_chat" and "messages" in row:
+        return "trl_messages"
+    if kind == "dpo_pair" and ("chosen" in row or "rejected" in row):
+        return "trl_preference"
+    return kind
+
+
 def unknown_fields(row: dict, kind: str) -> list[str]:
     """The fields of `row` its type (a KNOWN_FIELDS key) does not define: `extra`, `conversations[].extra`."""
-    top, nested = KNOWN_FIELDS[kind]
+    top, nested = KNOWN_FIELDS[_row_kind(row, kind)]
     out = [k for k in row if k not in top]
     for key, known in nested.items():
         value = row.get(key)

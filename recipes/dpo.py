@@ -32,7 +32,8 @@ from data_prep.jsonl import Rejects
 from recipes import loop, ref_cache
 from recipes.chat import IGNORE_INDEX
 from recipes.losses import REWARD_AWARE, preference_loss, preference_metrics, sequence_logps
-from recipes.models import apply_lora, is_peft, load_model, load_tokenizer
+from recipes.models import (RECIPE_FILE, final_merged, is_peft, load_causal_lm, load_hf_tokenizer, load_policy,
+                            recipe_meta, resolve_name)
 from recipes.preference_data import Pair, encode_pairs, load_pairs, pair_texts, pairs_digest
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,14 @@ def batch_logps(model, pairs: list[Pair], pad_id: int, device, precision) -> tup
 
 # ---------------------------------------------------------------- reference log-probs
 def load_reference(path: str, tokenizer, device):
-    """The frozen reference policy `model.dpo.reference`: an HF checkpoint with the policy's tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The frozen reference policy `model.dpo.reference`: a checkpoint (an adapter-only one of ours too, a hub
+    id or a GGUF) with the policy's tokenizer."""
+    key = "model.dpo.reference"
+    path = resolve_name(path, key)
     if any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+        if load_hf_tokenizer(path, key).get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"model.dpo.reference={path}: its tokenizer differs from the policy's")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = load_causal_lm(path, torch.float32, key)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"model.dpo.reference={path}: vocabulary smaller than the policy tokenizer's")
     return model.to(device)
@@ -225,12 +227,16 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
     train_path, val_path = cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path
     if not train_path:
         raise ValueError(f"model.data.train_ds.file_path is required for stage={cfg.stage.name}")
-    train_rows = load_pairs(train_path, cfg.data, rejects, reward_aware, loss_name)
-    val_rows = load_pairs(val_path, cfg.data, rejects, reward_aware, loss_name) if val_path else []
+    ds = cfg.model.data
+    train_rows = load_pairs(train_path, cfg.data, rejects, reward_aware, loss_name, ds.train_ds.split)
+    val_rows = load_pairs(val_path, cfg.data, rejects, reward_aware, loss_name, ds.validation_ds.split,
+                          "validation_ds") if val_path else []
 
-    tokenizer = load_tokenizer(cfg.model, pair_texts(train_rows))
-    model = apply_lora(load_model(cfg.model, tokenizer, cfg.seed), cfg.model.peft).to(device)
+    # Template and LoRA/full choice: the starting checkpoint's unless given (models.inherit).
+    tokenizer, model = load_policy(cfg, pair_texts(train_rows))
+    model = model.to(device)
     model.train()
+    recipe = recipe_meta(cfg)
     train, counts = encode_pairs(train_rows, train_path, tokenizer, cfg.data, cfg.model.data, rejects)
     val = encode_pairs(val_rows, val_path, tokenizer, cfg.data, cfg.model.data, rejects)[0] if val_rows else []
     if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
@@ -265,17 +271,19 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
         logger.log(m, done)
         bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.2f}", margin=f"{m['margin']:.3f}")
         if loop.due(cfg.trainer.save_interval, done, steps):
-            loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done})
+            loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done},
+                                 recipe=recipe)
     if val:
         logger.log(validate(model, val, cfg, pad_id, device), steps)
     logger.close()
-    return loop.save_checkpoint(run_dir, "final", model, tokenizer, merged=cfg.model.peft.save_merged)
+    return loop.save_checkpoint(run_dir, "final", model, tokenizer, merged=final_merged(cfg), recipe=recipe)
 
 
 # ---------------------------------------------------------------- the stage, with iterative RPO
 def iteration_cfg(cfg, k: int, previous_final: Path | None):
-    """Pass k > 1 starts from the previous pass's final checkpoint (an HF model with its tokenizer,
-    also for model.source=tiny) and uses it as the reference; rows are reshuffled (seed + k - 1)."""
+    """Pass k > 1 starts from the previous pass's final checkpoint (an HF model with its tokenizer, also
+    for model.source=tiny; with LoRA and save_merged=false its adapter is merged on load, and a fresh one
+    trained) and uses it as the reference; rows are reshuffled (seed + k - 1)."""
     if k == 1:
         return cfg
     c = copy.deepcopy(cfg)
@@ -292,14 +300,11 @@ def run(cfg, run_dir: Path) -> Path:
         raise ValueError(f"model.rpo.iterations must be >= 1, got {n}")
     if n == 1:
         return train_once(cfg, run_dir, cfg.stage.name)
-    if cfg.model.peft.peft_scheme != "none" and not cfg.model.peft.save_merged:
-        raise ValueError("model.rpo.iterations > 1 with LoRA needs model.peft.save_merged=true "
-                         "(each pass starts from the merged weights of the previous one)")
     final = None
     for k in range(1, n + 1):
         it_dir = run_dir / f"iter_{k}"
         done = it_dir / "checkpoints" / "final"
-        if cfg.resume and (done / "config.json").is_file():
+        if cfg.resume and (done / RECIPE_FILE).is_file():  # written last, inside the atomic rename
             log.info("%s iteration %d/%d already finished (%s); skipping it", cfg.stage.name, k, n, done)
             final = done
             continue

@@ -20,12 +20,17 @@ def enabled(cfg) -> list[str]:
     return [name for name in ("ifeval", "mt_bench", "reward_bench") if cfg.eval[name].enabled]
 
 
-def checkpoint_template(model_dir: Path | None, default: str) -> str:
-    """The prompt template a checkpoint of ours was trained with (recipe.json), else `default`."""
-    meta = Path(model_dir) / "recipe.json" if model_dir else None
-    if meta is not None and meta.is_file():
-        return json.loads(meta.read_text()).get("prompt_template", default)
-    return default
+def hf_client(model_dir, template: str, batch_size: int, progress: bool, key: str = "eval.model", **kwargs):
+    """HFClient on a checkpoint (an adapter-only one of ours too: recipe.json's base_model + adapter). With
+    template `auto`, the template it was trained with (recipe.json), else its tokenizer's chat template;
+    another value wins with a warning when it differs from the checkpoint's (models.resolve_template)."""
+    from eval.hf_client import HFClient
+    from recipes.models import load_causal_lm, load_hf_tokenizer, read_recipe, resolve_template
+
+    tokenizer = load_hf_tokenizer(str(model_dir), key)
+    template = resolve_template(template, read_recipe(model_dir), tokenizer, model_dir)
+    model = load_causal_lm(str(model_dir), key=key)
+    return HFClient(model, tokenizer=tokenizer, template=template, batch_size=batch_size, progress=progress, **kwargs)
 
 
 def served_kwargs(node, cache_file: Path | None, progress: bool) -> dict:
@@ -38,17 +43,28 @@ def served_kwargs(node, cache_file: Path | None, progress: bool) -> dict:
     return {**asdict(Limits.from_config(node)), "cache": cache_file if node.cache else None, "progress": progress}
 
 
-def make_generator(cfg, model_dir: Path | None, cache_dir: Path | None = None):
+def eval_model_dir(cfg) -> str | None:
+    """What the benchmarks run on with eval.generator.kind=hf: eval.model, else the configured model (model.*)."""
+    from recipes.models import model_dir, resolve_name
+
+    if cfg.eval.model:
+        return resolve_name(cfg.eval.model, "eval.model")
+    if cfg.eval.generator.kind != "hf":
+        return None
+    found = model_dir(cfg.model)
+    if found is None:
+        raise ValueError("stage=eval needs a model: eval.model=<checkpoint directory or hub id> (model=tiny has none)")
+    return found
+
+
+def make_generator(cfg, model_dir: Path | str | None, cache_dir: Path | None = None):
     """The client that answers benchmark prompts: in-process HF model, OpenAI-compatible, or NeMo.
     Served clients cache their replies in `cache_dir/generator.jsonl` (when given and `cache` is on)."""
     g = cfg.eval.generator
     if g.kind == "hf":
-        from eval.hf_client import HFClient
-
         if model_dir is None:
             raise ValueError("eval.model must name a checkpoint directory when eval.generator.kind=hf")
-        template = checkpoint_template(model_dir, cfg.data.prompt_template)
-        return HFClient(str(model_dir), template=template, batch_size=g.batch_size, progress=cfg.logger.progress_bar)
+        return hf_client(model_dir, cfg.data.prompt_template, g.batch_size, cfg.logger.progress_bar)
     if not g.base_url:
         raise ValueError(f"eval.generator.kind={g.kind} needs eval.generator.base_url")
     from eval.clients import NemoServerClient, OpenAIChatClient
@@ -141,9 +157,7 @@ def run(cfg, run_dir: Path) -> Path:
     """stage=eval: benchmarks on `eval.model` (a checkpoint) or the configured endpoint."""
     if not enabled(cfg):
         raise ValueError("stage=eval needs at least one benchmark, e.g. eval=[ifeval,mt_bench]")
-    model_dir = Path(cfg.eval.model) if cfg.eval.model else None
-    if model_dir is not None and not model_dir.is_dir():
-        raise FileNotFoundError(f"eval.model: no checkpoint directory at {model_dir}")
+    model_dir = eval_model_dir(cfg)
     out = run_dir / "eval"
     run_hooks(cfg, model_dir, out)  # launch.py prints results.md at the end, as after a training stage
     return out

@@ -26,15 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def model_dir(cfg) -> Path | None:
-    """The checkpoint to load in process (or to read steerlm.json from when answering through a server)."""
-    m = cfg.model
-    if m.source == "gguf":
-        from recipes.models import converted_gguf_dir
+    """The checkpoint to load in process (or to read steerlm.json from when answering through a server):
+    model.name_or_path (refused in one line when it names nothing loadable), else the preset's model."""
+    from recipes.models import model_dir as configured_model, resolve_source
 
-        return converted_gguf_dir(m)
-    if m.source == "tiny":
-        raise ValueError("stage=generate needs a trained model: model=hf model.name_or_path=<checkpoint directory>")
-    return Path(m.name_or_path) if m.name_or_path else None
+    if not cfg.model.name_or_path and cfg.eval.generator.kind != "hf":
+        return None  # a server answers; nothing to read steerlm.json from
+    if resolve_source(cfg.model) == "tiny":
+        raise ValueError("stage=generate needs a trained model: model.name_or_path=<checkpoint directory>")
+    return Path(configured_model(cfg.model))
 
 
 def run(cfg, run_dir: Path) -> Path:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from data_prep.jsonl import append_bytes, atomic_write_text, write_error
-from recipes.models import is_peft, save_hf
+from recipes.models import RECIPE_FILE, is_peft, save_hf
 
 log = logging.getLogger(__name__)
 
@@ -266,17 +266,22 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, name: str, model, tokenizer, optimizer=None, state: dict | None = None,
-                    merged: bool = False, extra_files: dict | None = None, extra_tensors: dict | None = None) -> Path:
+                    merged: bool = False, extra_files: dict | None = None, extra_tensors: dict | None = None,
+                    recipe: dict | None = None) -> Path:
     """Write `<run dir>/checkpoints/<name>/` atomically: build it in a temp dir, then rename.
 
-    Holds a loadable HF checkpoint (safetensors + tokenizer + config), and for resumable
-    checkpoints the optimizer state (`optimizer.safetensors`) and `trainer_state.json`.
+    Holds a loadable HF checkpoint (safetensors + tokenizer + config; a LoRA run without `merged`: the
+    adapter, loaded on recipe.json's base_model), `recipe.json` (models.recipe_meta, plus `adapter_only`),
+    and for resumable checkpoints the optimizer state (`optimizer.safetensors`) and `trainer_state.json`.
     """
     ckpt_root = run_dir / "checkpoints"
     final, tmp, old = ckpt_root / name, ckpt_root / f".tmp-{name}", ckpt_root / f".old-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_hf(model, tokenizer, tmp, merged=merged)
+        if recipe is not None:
+            meta = {**recipe, "adapter_only": is_peft(model) and not merged}
+            atomic_write_text(tmp / RECIPE_FILE, json.dumps(meta, indent=1) + "\n")
         if optimizer is not None:
             tensors, meta = _optimizer_tensors(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))

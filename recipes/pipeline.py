@@ -46,6 +46,7 @@ DATA_STEPS = ("convert_helpsteer2", "convert_sdg", "concat")  # in-process, conf
 PREP_STAGES = ("prep_helpsteer2", "prep_sdg")  # launch.py stages whose outputs are files in one directory
 POLICY_STAGES = ("sft", "dpo", "rpo", "eval")  # they get IFEval (+ MT-Bench with a judge)
 TRAINING_STAGES = ("sft", "rm", "dpo", "rpo")
+POLICY_TRAINING = ("sft", "dpo", "rpo")  # the last of them keeps a merged checkpoint; the others an adapter
 HASH_LIMIT = 4 << 30  # bytes: bigger inputs/outputs are identified by names, sizes and mtimes
 REF = re.compile(r"\$\{stages:([A-Za-z0-9_\-]+)\.([A-Za-z0-9_\-]+)\}")
 # Not passed from the command line to the stages: the runner sets them per stage.
@@ -257,9 +258,28 @@ def predicted_outputs(job: Job) -> dict:
     return {"dir": d, "output": out, "checkpoint": out}
 
 
+def passed_to_stages(cli: list[str]) -> list[str]:
+    """The command line's overrides every stage gets (not the runner's own, not the pipeline's selectors)."""
+    return [o for o in cli if _key(o) not in (*RUNNER_KEYS, "stage", "experiment") and not _key(o).startswith("pipeline.")]
+
+
+def base_model(cfg, shared: list[str], cli: list[str]) -> str | None:
+    """${stages:base.checkpoint}: pipeline.base, else the model the stages are configured with (pipeline.overrides
+    and the command line on the model preset: model.name_or_path, else the preset's GGUF), resolved as a stage
+    resolves it (recipes/models.py). Checked (one line naming the key) only where it runs here: backend=torch,
+    not a dry run; None for model=tiny."""
+    from recipes.models import model_dir, resolve_name
+
+    check, convert = cfg.backend.name == "torch" and not cfg.dry_run, not cfg.dry_run
+    if cfg.pipeline.base:
+        return resolve_name(cfg.pipeline.base, "pipeline.base", convert=convert, check=check)
+    return model_dir(compose([*shared, *passed_to_stages(cli)]).model, convert=convert, check=check)
+
+
 def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, hashes: dict,
-             shared: list[str] = ()) -> Job:
-    """Resolve references, compose the stage's config, hash it and its inputs."""
+             shared: list[str] = (), lowest: list[str] = ()) -> Job:
+    """Resolve references, compose the stage's config, hash it and its inputs. `lowest`: the runner's defaults
+    for this stage, below everything else (model.peft.save_merged=false on intermediate policy stages)."""
     kind, deps = spec["stage"], []
     job = Job(name, kind, pdir / name, spec, deps)
     if kind in DATA_STEPS:
@@ -273,9 +293,8 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
     raw = list(spec.get("overrides") or [])
     plain = [o for o in raw if "${stages:" not in o]
     wiring = [_quote(o) for o in resolve_refs([o for o in raw if "${stages:" in o], known, deps)]
-    passed = [o for o in cli if _key(o) not in (*RUNNER_KEYS, "stage", "experiment")
-              and not _key(o).startswith("pipeline.")]
-    overrides = [f"stage={kind}", *shared, *plain, *passed, *wiring, f"exp_manager.explicit_log_dir={job.dir}"]
+    overrides = [f"stage={kind}", *lowest, *shared, *plain, *passed_to_stages(cli), *wiring,
+                 f"exp_manager.explicit_log_dir={job.dir}"]
     cfg = compose(overrides)
     from recipes.backends.nemo_backend import STAGES as NEMO_STAGES
 
@@ -469,17 +488,19 @@ def _run(cfg, cli_overrides: list[str]) -> Path:
     chosen, rerun = select(names, p), rerun_selector(p)
     pdir = pipeline_dir(cfg)
     manifest = load_manifest(pdir, p.name, cfg)
-    from recipes.sdg_generate import base_checkpoint
-
-    base = p.base or base_checkpoint(cfg.model, convert=not cfg.dry_run)
+    base = base_model(cfg, shared, cli_overrides)
     known: dict[str, dict] = {"base": {"checkpoint": base or "<no base checkpoint: set pipeline.base>"}}
+    # Every policy stage but the last saves only its LoRA adapter (the next stage merges it on load): a merged
+    # 135M model is ~0.5 GB a stage. The command line's model.peft.save_merged=true overrides it.
+    policies = [n for n in names if specs[n]["stage"] in POLICY_TRAINING]
+    lowest = {n: ["model.peft.save_merged=false"] for n in policies[:-1]}
     will_run: set[str] = set()
     plan = []
     for name in names:  # every stage is listed from the start, in pipeline order
         manifest["stages"].setdefault(name, {"stage": specs[name]["stage"], "status": "pending"})
     for i, name in enumerate(names, 1):
         entry = manifest["stages"][name]
-        job = plan_job(name, specs[name], known, cli_overrides, pdir, manifest["hashes"], shared)
+        job = plan_job(name, specs[name], known, cli_overrides, pdir, manifest["hashes"], shared, lowest.get(name, ()))
         entry["stage"], entry["paper"] = job.kind, specs[name].get("paper")
         known[name] = {k: str(v) for k, v in job.outputs.items()}
         if name not in chosen:

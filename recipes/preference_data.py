@@ -1,16 +1,19 @@
 """DPO/RPO rows (NeMo-Aligner `DPOModelDataset`) -> token sequences, with nothing dropped silently.
 
 A row is `{"prompt", "chosen_response", "rejected_response"[, "chosen_reward", "rejected_reward"]}`:
-the prompt is a rendered string (responses are then strings, used as they are) or a list of
-OpenAI-style messages (responses are then assistant messages, rendered with
-`data.prompt_template`). Rows are validated by data_prep.schemas.validate_dpo_pair.
+the prompt is a rendered string (responses are then strings, used as they are: NeMo's original
+shape) or a list of OpenAI-style messages (responses are then assistant messages, rendered with the
+checkpoint's `data.prompt_template`; the assistant header is scored as part of each response, as
+NeMo-Aligner does: chat.render_prompt_response). TRL's preference rows (`prompt`/`chosen`/`rejected`,
+strings or message lists) are accepted too. Rows are validated by data_prep.schemas
+(validate_preference_row) and converted by schemas.to_dpo_pair.
 
 Tokenisation. The prompt and each response are tokenised *separately* and concatenated, so the
-prompt's tokens are a prefix of prompt+response by construction, and they are exactly the tokens
-the model sees at generation time (the prompt tokenised alone). NeMo instead tokenises
+prompt's tokens are a prefix of prompt+response by construction. NeMo instead tokenises
 prompt+response jointly and asserts that the prompt's tokens are a prefix of it; we count the
 pairs where joint tokenisation would merge a token across the boundary (NeMo's assertion) and
 log them, but keep them. Labels are the response tokens only (`IGNORE_INDEX` on the prompt).
+Over-long pairs follow data.overlong (fit_prompt): no trained response loses its stop token.
 
 Rewards. DPO/IPO ignore them; a missing one gets `model.data.default_*_reward` (for logging).
 The RPO losses fit the policy's gap to η·(chosen_reward − rejected_reward), so for them:
@@ -30,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.jsonl import Rejects, RowError
-from data_prep.schemas import nemotron_response, validate_dpo_pair
-from recipes.chat import IGNORE_INDEX, Encoded, nemotron_prompt
-from recipes.data import read_checked
+from data_prep.schemas import TURN_START, to_dpo_pair, validate_preference_row
+from recipes.chat import IGNORE_INDEX, Encoded, render_prompt_response
+from recipes.data import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,12 @@ def _has(row: dict, key: str) -> bool:
     return row.get(key) is not None
 
 
-def load_pairs(path: str, data_cfg, rejects: Rejects, reward_aware: bool, loss_name: str) -> list[tuple[int, dict]]:
-    """Validated `(line, row)` of a DPO/RPO file, applying the reward rule above for RPO losses."""
-    rows = read_checked(path, validate_dpo_pair, "dpo_pair", data_cfg, rejects)
+def load_pairs(path: str, data_cfg, rejects: Rejects, reward_aware: bool, loss_name: str, split: str | None = None,
+               which: str = "train_ds") -> list[tuple[int, dict]]:
+    """Validated `(line, row)` of a DPO/RPO source (a file, dataset directory or hub id; NeMo's or TRL's rows,
+    converted by schemas.to_dpo_pair), applying the reward rule above for RPO losses."""
+    rows = [(line, to_dpo_pair(row)) for line, row in read_rows(path, validate_preference_row, data_cfg, rejects,
+                                                                 split, which, "dpo_pair")]
     if reward_aware and rows:
         scored = [_has(r, "chosen_reward") or _has(r, "rejected_reward") for _, r in rows]
         if not any(scored):
@@ -97,80 +103,80 @@ def pair_texts(rows: list[tuple[int, dict]]) -> list[str]:
 
 # ---------------------------------------------------------------- rendering and tokenising
 def render_pair(row: dict, template: str, tokenizer) -> tuple[str, str, str]:
-    """(prompt, chosen, rejected) as strings; the model is trained on prompt+response."""
+    """(prompt, chosen, rejected) as strings; the model is trained on prompt+response, scored on the response.
+    A message-list row renders with `template` (chat.render_prompt_response: the assistant header is part of
+    each response, as in NeMo-Aligner); a string row (NeMo's original, pre-templated shape) is used as it is."""
     prompt = row["prompt"]
-    if isinstance(prompt, str):  # pre-templated (NeMo's original shape): used as is
+    if isinstance(prompt, str):
         return prompt, row["chosen_response"], row["rejected_response"]
-    if template == "nemotron":
-        text = nemotron_prompt(prompt)
-        return text, nemotron_response(row["chosen_response"]["content"]), nemotron_response(row["rejected_response"]["content"])
-    if template != "hf":
-        raise ValueError(f"data.prompt_template must be 'nemotron' or 'hf', got {template!r}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("prompt_template=hf needs a tokenizer with a chat_template; use data.prompt_template=nemotron")
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    responses = []
-    for key in ("chosen_response", "rejected_response"):
-        full = tokenizer.apply_chat_template([*prompt, row[key]], tokenize=False)
-        if not full.startswith(text):
-            raise ValueError("the tokenizer's chat template does not render the prompt as a prefix of prompt+response; "
-                             "use data.prompt_template=nemotron")
-        responses.append(full[len(text):])
-    return text, responses[0], responses[1]
+    text, chosen = render_prompt_response(prompt, row["chosen_response"], template, tokenizer)
+    return text, chosen, render_prompt_response(prompt, row["rejected_response"], template, tokenizer)[1]
 
 
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_side(prompt_ids: list[int], response_ids: list[int], max_len: int, overlong: str) -> tuple[Encoded | None, str]:
-    """prompt+response with labels on the response; returns (encoded, reason it was dropped)."""
-    n = len(prompt_ids) + len(response_ids)
-    if not response_ids:
+def fit_prompt(prompt_ids: list[int], response_ids: list[list[int]], max_len: int, overlong: str) -> tuple[list[int] | None, str]:
+    """The prompt tokens a pair trains with under data.overlong, or (None, why the pair is dropped).
+
+    No trained response ever loses its end (the stop token it learns to emit): `truncate` cuts the *prompt*
+    from the left (keeping its end, the turn being answered; TRL's keep_end) so that prompt + the longer
+    response fits, and drops the pair when even one prompt token does not fit; `drop` drops every pair
+    longer than max_len. Both responses keep the same prompt, so their log-probs stay comparable.
+    """
+    if any(not r for r in response_ids):
         return None, "response has no tokens"
-    if n > max_len:
-        if overlong == "drop":
-            return None, f"{n} tokens > data.max_seq_length={max_len}"
-        room = max_len - len(prompt_ids)
-        if room < 1:  # truncation keeps the whole prompt and cuts the response
-            return None, f"prompt alone is {len(prompt_ids)} tokens >= data.max_seq_length={max_len}"
-        response_ids = response_ids[:room]
-    ids = prompt_ids + response_ids
-    return Encoded(ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids, truncated=n > max_len), ""
+    longest = max(len(r) for r in response_ids)
+    n = len(prompt_ids) + longest
+    if n <= max_len:
+        return prompt_ids, ""
+    if overlong == "drop":
+        return None, f"{n} tokens > data.max_seq_length={max_len}"
+    room = max_len - longest
+    if room < 1:
+        return None, (f"the longer response alone is {longest} tokens >= data.max_seq_length={max_len} "
+                      "(its end-of-turn token would be cut)")
+    return prompt_ids[-room:], ""
+
+
+def side(prompt_ids: list[int], response_ids: list[int], truncated: bool) -> Encoded:
+    """prompt+response with labels on the response only."""
+    return Encoded(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids, truncated=truncated)
 
 
 def encode_pairs(rows, path: str, tokenizer, data_cfg, model_data_cfg, rejects: Rejects) -> tuple[list[Pair], dict]:
-    """Tokenise rows into Pairs, applying data.overlong. Returns pairs and counts for the log."""
-    pairs, n_truncated, n_merged = [], 0, 0
+    """Tokenise rows into Pairs, applying data.overlong (fit_prompt). Returns pairs and counts for the log."""
+    pairs, n_cut, n_merged, n_foreign = [], 0, 0, 0
     for line, row in rows:
         prompt, chosen, rejected = render_pair(row, data_cfg.prompt_template, tokenizer)
+        n_foreign += data_cfg.prompt_template == "hf" and isinstance(row["prompt"], str) and TURN_START in prompt
         p_ids = _ids(tokenizer, prompt)
-        sides, reason = [], ""
-        for key, response in (("chosen_response", chosen), ("rejected_response", rejected)):
-            r_ids = _ids(tokenizer, response)
-            # NeMo's prefix assertion, counted instead of raised (see the module docstring).
-            n_merged += _ids(tokenizer, prompt + response)[: len(p_ids)] != p_ids
-            enc, why = encode_side(p_ids, r_ids, data_cfg.max_seq_length, data_cfg.overlong)
-            if enc is None:
-                reason = f"prompt+{key}: {why}"
-                break
-            sides.append(enc)
-        if reason:
-            rejects.add({"file": str(path), "line": line, "field": "<row>", "reason": reason})
+        r_ids = [_ids(tokenizer, chosen), _ids(tokenizer, rejected)]
+        # NeMo's prefix assertion, counted instead of raised (see the module docstring).
+        n_merged += sum(_ids(tokenizer, prompt + r)[: len(p_ids)] != p_ids for r in (chosen, rejected))
+        kept, why = fit_prompt(p_ids, r_ids, data_cfg.max_seq_length, data_cfg.overlong)
+        if kept is None:
+            rejects.add({"file": str(path), "line": line, "field": "<row>", "reason": f"prompt+response: {why}"})
             continue
-        n_truncated += sides[0].truncated or sides[1].truncated
+        cut = len(kept) < len(p_ids)
+        n_cut += cut
         c_rew, r_rew = row.get("chosen_reward"), row.get("rejected_reward")
-        pairs.append(Pair(sides[0], sides[1],
+        pairs.append(Pair(side(kept, r_ids[0], cut), side(kept, r_ids[1], cut),
                           float(model_data_cfg.default_chosen_reward if c_rew is None else c_rew),
                           float(model_data_cfg.default_rejected_reward if r_rew is None else r_rew), line))
-    counts = {"rows": len(rows), "pairs": len(pairs), "truncated": n_truncated, "boundary_merges": n_merged}
+    counts = {"rows": len(rows), "pairs": len(pairs), "prompt_cut": n_cut, "boundary_merges": n_merged}
     name = Path(path).name
-    if n_truncated:
-        log.warning("%s: truncated the response of %d pairs to data.max_seq_length=%d tokens",
-                    name, n_truncated, data_cfg.max_seq_length)
+    if n_cut:
+        log.warning("%s: cut the prompt of %d pairs from the left to fit data.max_seq_length=%d tokens (both "
+                    "responses kept whole; data.overlong=drop drops such pairs)", name, n_cut, data_cfg.max_seq_length)
     if n_merged:
         log.warning("%s: in %d responses joint tokenisation would merge a token across the prompt/response "
                     "boundary (NeMo asserts on this); we train on separately tokenised prompt + response", name, n_merged)
+    if n_foreign:
+        log.warning("%s: %d rows are pre-rendered strings in the Nemotron template (%s...) but the model's template "
+                    "is hf: they train as written; write message-list prompts to render them in the model's template",
+                    name, n_foreign, TURN_START)
     return pairs, counts
 
 

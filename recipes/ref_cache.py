@@ -34,12 +34,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from data_prep.jsonl import atomic_write_text
-from recipes.models import cache_dir, gguf_path
+from recipes.models import cache_dir, gguf_path, read_recipe, resolve_source
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the stored values or their meaning change
-WEIGHT_FILES = ("config.json", "model*.safetensors", "pytorch_model*.bin", "*.gguf")
+WEIGHT_FILES = ("config.json", "model*.safetensors", "pytorch_model*.bin", "*.gguf", "adapter/adapter_model.safetensors")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -64,7 +64,11 @@ def checkpoint_fingerprint(name_or_path: str) -> dict:
         files = sorted({f for pattern in WEIGHT_FILES for f in path.glob(pattern)})
         if not any(f.name != "config.json" for f in files):
             raise FileNotFoundError(f"{path}: no model weights (model*.safetensors) in this directory")
-        return {"dir": str(path.resolve()), "files": [_stat(f) for f in files]}
+        found = {"dir": str(path.resolve()), "files": [_stat(f) for f in files]}
+        if not (path / "config.json").is_file():  # adapter-only: the adapter on its base_model (models.load_causal_lm)
+            base = read_recipe(path).get("base_model")
+            found["base"] = checkpoint_fingerprint(base) if base else None
+        return found
     snapshot = None
     try:  # a hub id: the snapshot directory names the commit, so an update misses the cache
         from huggingface_hub import try_to_load_from_cache
@@ -80,9 +84,10 @@ def reference_identity(model_cfg, reference: str | None, vocab_size: int, seed: 
     """What the reference policy is: `model.dpo.reference`, else the initial policy."""
     if reference:
         return {"reference": checkpoint_fingerprint(reference)}
-    if model_cfg.source == "tiny":  # a random model: its config and seed define it
+    source = resolve_source(model_cfg)
+    if source == "tiny":  # a random model: its config and seed define it
         return {"tiny": OmegaConf.to_container(model_cfg.tiny, resolve=True), "seed": seed, "vocab": vocab_size}
-    if model_cfg.source == "gguf":
+    if source == "gguf":
         return {"gguf": checkpoint_fingerprint(str(gguf_path(model_cfg)))}
     return {"hf": checkpoint_fingerprint(model_cfg.name_or_path)}
 
@@ -91,7 +96,9 @@ def entry_parts(identity: dict, data_path: str, pairs_digest: str, data_cfg, num
     return {
         "version": CACHE_VERSION,
         "reference": identity,
-        "data": {"path": str(Path(data_path).resolve()), "sha256": file_sha256(data_path),
+        # A dataset directory or hub id has no one file to hash; the token digest covers what is trained on.
+        "data": {"path": str(Path(data_path).resolve()) if Path(data_path).exists() else data_path,
+                 "sha256": file_sha256(data_path) if Path(data_path).is_file() else None,
                  "prompt_template": data_cfg.prompt_template, "max_seq_length": data_cfg.max_seq_length,
                  "overlong": data_cfg.overlong, "tokens_sha256": pairs_digest},
         "numerics": numerics,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from data_prep.schemas import STEERLM_SYSTEM_PROMPT, regression_text
 from recipes import loop
-from recipes.models import load_model
+from recipes.models import load_model, resolve_peft_scheme, start_recipe
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ def _lora(backbone, peft_cfg):
 def build_reward_model(model_cfg, tokenizer, seed: int) -> RewardModel:
     """The backbone of `model.source` (tiny | gguf | hf) without its LM head, LoRA per `model.peft`
     (the head is always fully trained), and a fresh head of `model.regression.num_attributes`."""
+    # LoRA or full: the starting checkpoint's unless given (recipe.json; models.resolve_peft_scheme).
+    model_cfg.peft.peft_scheme = resolve_peft_scheme(model_cfg.peft.peft_scheme, start_recipe(model_cfg),
+                                                     model_cfg.name_or_path)
     lm = load_model(model_cfg, tokenizer, seed)
     backbone = lm.base_model  # e.g. LlamaForCausalLM.model: the decoder stack and final norm
     if backbone is lm:
@@ -159,13 +162,13 @@ def rewards(attributes: Tensor, weights) -> Tensor:
 
 # ---------------------------------------------------------------- checkpoints
 def save_rm_checkpoint(run_dir: Path, name: str, rm: RewardModel, tokenizer, meta: dict, optimizer=None,
-                       state: dict | None = None, merged: bool = False) -> Path:
+                       state: dict | None = None, merged: bool = False, recipe: dict | None = None) -> Path:
     """Write `<run dir>/checkpoints/<name>/` atomically (loop.save_checkpoint): the backbone, tokenizer,
-    optimizer and RNG state, plus `rm_head.safetensors` and `rm_config.json`."""
+    optimizer and RNG state, recipe.json, plus `rm_head.safetensors` and `rm_config.json`."""
     head = {k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}
     return loop.save_checkpoint(run_dir, name, rm.backbone, tokenizer, optimizer, state, merged=merged,
                                 extra_files={RM_CONFIG_FILE: json.dumps(meta, indent=1)},
-                                extra_tensors={RM_HEAD_FILE: head})
+                                extra_tensors={RM_HEAD_FILE: head}, recipe=recipe)
 
 
 def load_head(ckpt: Path, rm: RewardModel) -> None:

@@ -32,7 +32,7 @@ from data_prep.schemas import LABEL_START, STEERLM_SYSTEM_PROMPT, SYSTEM_TEMPLAT
 from recipes import loop
 from recipes.data import read_rows
 from recipes.losses import BT_KINDS, HELPFULNESS_INDEX, attribute_mse, bt_loss, regression_loss
-from recipes.models import load_tokenizer
+from recipes.models import load_tokenizer, recipe_meta, resolve_source
 from recipes.reward_model import TEXT_FORMAT, batch_tensors, build_reward_model, encode, load_head, save_rm_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def load_examples(path: str, tokenizer, cfg, rejects: Rejects) -> tuple[list[Exa
     """Validated, tokenised rows of a regression JSONL; over-long rows follow `data.overlong`
     (`truncate` keeps the last data.max_seq_length tokens, where the reward is read)."""
     rows = read_rows(path, lambda r: validate_regression_rm(r, cfg.model.regression.num_attributes), cfg.data, rejects,
-                     "regression_rm")
+                     kind="regression_rm")
     examples, n_truncated, no_label_start, other_system = [], 0, 0, 0
     header = SYSTEM_TEMPLATE.format(value=STEERLM_SYSTEM_PROMPT)
     for line, row in rows:
@@ -235,9 +235,11 @@ def run(cfg, run_dir: Path) -> Path:
     if not train_path:
         raise ValueError("model.data.train_ds.file_path is required for stage=rm (regression JSONL: text, label)")
 
-    texts = texts_for_tokenizer(train_path, cfg) if cfg.model.source == "tiny" else None
+    texts = texts_for_tokenizer(train_path, cfg) if resolve_source(cfg.model) == "tiny" else None
     tokenizer = load_tokenizer(cfg.model, texts)
-    rm = build_reward_model(cfg.model, tokenizer, cfg.seed).to(device)
+    rm = build_reward_model(cfg.model, tokenizer, cfg.seed).to(device)  # resolves model.peft.peft_scheme
+    # The texts are the regression rows' own rendering (data prep and rm_text: the Nemotron/SteerLM template).
+    recipe = {**recipe_meta(cfg), "prompt_template": "nemotron"}
     rm.train()
     rejects = Rejects()
     train, counts = load_examples(train_path, tokenizer, cfg, rejects)
@@ -289,8 +291,9 @@ def run(cfg, run_dir: Path) -> Path:
         logger.log(m, done)
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if loop.due(cfg.trainer.save_interval, done, steps):
-            save_rm_checkpoint(run_dir, f"step_{done:06d}", rm, tokenizer, meta, optimizer, {"step": done})
+            save_rm_checkpoint(run_dir, f"step_{done:06d}", rm, tokenizer, meta, optimizer, {"step": done},
+                               recipe=recipe)
     if val:
         logger.log(validate(rm, val, cfg, pad_id, device), steps)
     logger.close()
-    return save_rm_checkpoint(run_dir, "final", rm, tokenizer, meta, merged=cfg.model.peft.save_merged)
+    return save_rm_checkpoint(run_dir, "final", rm, tokenizer, meta, merged=cfg.model.peft.save_merged, recipe=recipe)

@@ -162,6 +162,9 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
                 flush()
         if pending:
             flush()
+    if stats["rows"] == 0:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"{input_file}: no rows to score ({len(rejects)} bad rows skipped)")
     if stats["rows"] < len(done):
         raise ValueError(f"{partial} has {len(done)} rows but {input_file} only {stats['rows']}: "
                          "not an output of this input; delete it or choose another output_file")
@@ -181,6 +184,9 @@ def run(cfg, run_dir: Path) -> Path:
     if not a.input_file or not a.reward_model:
         raise ValueError("stage=rm_annotate needs annotate.input_file and annotate.reward_model "
                          "(a checkpoint directory written by stage=rm)")
+    if not Path(a.reward_model).is_dir():
+        raise ValueError(f"annotate.reward_model: no reward-model checkpoint at {a.reward_model} (a directory "
+                         "written by stage=rm, e.g. <run dir>/checkpoints/final)")
     output = Path(a.output_file) if a.output_file else run_dir / "annotated.jsonl"
     # model.regression.attribute_weights overrides the checkpoint's weights only when set to something
     # other than its default.

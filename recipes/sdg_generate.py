@@ -93,35 +93,21 @@ def conversation(row: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the generator
-def base_checkpoint(model_cfg, convert: bool = True) -> str | None:
-    """The HF directory of the configured model: model.name_or_path, or the converted GGUF
-    (converted on first use unless `convert=False`). None for model.source=tiny (no checkpoint)."""
-    if model_cfg.source == "hf":
-        return model_cfg.name_or_path
-    if model_cfg.source == "gguf":
-        from recipes.models import cache_dir, converted_gguf_dir, gguf_path
-
-        if convert:
-            return str(converted_gguf_dir(model_cfg))
-        return str(cache_dir() / "gguf" / gguf_path(model_cfg).stem)
-    return None
-
-
 def make_client(cfg, cache_dir: Path | None = None):
     """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`; a served
     generator caches its replies in `cache_dir`."""
     from recipes.evaluate import make_generator
+    from recipes.models import model_dir as configured_model, resolve_name
 
     g = cfg.sdg.generator
     model_dir = None
     if g.kind == "hf":
-        model_dir = cfg.sdg.model or base_checkpoint(cfg.model)
+        # sdg.model (a directory, hub id or GGUF), else the configured model: both refused in one line if absent.
+        model_dir = resolve_name(cfg.sdg.model, "sdg.model") if cfg.sdg.model else configured_model(cfg.model)
         if not model_dir:
             raise ValueError("stage=sdg_generate with sdg.generator.kind=hf needs sdg.model (a checkpoint directory)")
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"sdg.model: no checkpoint directory at {model_dir}")
     gen_cfg = OmegaConf.merge(cfg, {"eval": {"generator": OmegaConf.to_container(g)}})
-    client = make_generator(gen_cfg, Path(model_dir) if model_dir else None, cache_dir)
+    client = make_generator(gen_cfg, model_dir, cache_dir)
     name = g.model if g.kind != "hf" else Path(model_dir).name
     return client, name or g.kind
 

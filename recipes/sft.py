@@ -22,7 +22,7 @@ from data_prep.jsonl import Rejects
 from recipes import loop
 from recipes.chat import IGNORE_INDEX, Encoded
 from recipes.data import encode_sft_rows, load_sft, sft_texts
-from recipes.models import apply_lora, load_model, load_tokenizer
+from recipes.models import final_merged, load_policy, recipe_meta
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,14 @@ def run(cfg, run_dir: Path) -> Path:
     train_path, val_path = cfg.model.data.train_ds.file_path, cfg.model.data.validation_ds.file_path
     if not train_path:
         raise ValueError("model.data.train_ds.file_path is required for stage=sft")
-    train_rows = load_sft(train_path, cfg.data, rejects)
-    val_rows = load_sft(val_path, cfg.data, rejects) if val_path else []
+    train_rows = load_sft(train_path, cfg.data, rejects, cfg.model.data.train_ds.split)
+    val_rows = load_sft(val_path, cfg.data, rejects, cfg.model.data.validation_ds.split, "validation_ds") if val_path else []
 
-    tokenizer = load_tokenizer(cfg.model, sft_texts(train_rows))
-    model = apply_lora(load_model(cfg.model, tokenizer, cfg.seed), cfg.model.peft).to(device)
+    # Template and LoRA/full choice: the starting checkpoint's unless given (models.inherit).
+    tokenizer, model = load_policy(cfg, sft_texts(train_rows))
+    model = model.to(device)
     model.train()
+    recipe = recipe_meta(cfg)
     train, counts = encode_sft_rows(train_rows, train_path, tokenizer, cfg.data, rejects)
     val = encode_sft_rows(val_rows, val_path, tokenizer, cfg.data, rejects)[0] if val_rows else []
     if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
@@ -123,9 +125,9 @@ def run(cfg, run_dir: Path) -> Path:
         logger.log(m, done)
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
         if loop.due(cfg.trainer.save_interval, done, steps):
-            loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done})
+            loop.save_checkpoint(run_dir, f"step_{done:06d}", model, tokenizer, optimizer, {"step": done},
+                                 recipe=recipe)
     if val:
         logger.log(validate(model, val, cfg, pad_id, device), steps)
     logger.close()
-    final = loop.save_checkpoint(run_dir, "final", model, tokenizer, merged=cfg.model.peft.save_merged)
-    return final
+    return loop.save_checkpoint(run_dir, "final", model, tokenizer, merged=final_merged(cfg), recipe=recipe)

@@ -267,6 +267,8 @@ def train(cfg, run_dir: Path) -> Path:
     """stage=steerlm_sft: stage=sft on labelled rows, plus steerlm.json in the final checkpoint."""
     from recipes import sft
 
+    if cfg.data.prompt_template == "auto":
+        cfg.data.prompt_template = "nemotron"  # the SteerLM template, whatever the starting checkpoint used
     if cfg.data.prompt_template != "nemotron":
         raise ValueError(f"stage=steerlm_sft needs data.prompt_template=nemotron (got {cfg.data.prompt_template}): "
                          "the label line is part of the <extra_id_*> template; a tokenizer chat template drops it")
@@ -372,9 +374,9 @@ def experiment(cfg, run_dir: Path) -> Path:
     recipe.json and eval hooks), generate/<attribute>_<value>.jsonl, report.json and report.md.
     """
     from eval.clients import SamplingParams
-    from eval.hf_client import HFClient
     from recipes import loop
     from recipes.backends import torch_backend
+    from recipes.evaluate import hf_client
 
     s = cfg.steerlm
     if s.attribute not in ATTRIBUTE_NAMES or s.attribute == "lang":
@@ -393,8 +395,8 @@ def experiment(cfg, run_dir: Path) -> Path:
 
     convs = load_prompts(cfg.steer) or experiment_prompts(cfg, train_file)
     spec = read_spec(ckpt)
-    client = HFClient(str(ckpt), template="nemotron", batch_size=cfg.eval.generator.batch_size,
-                      device=loop.pick_device(cfg.trainer).type, progress=cfg.logger.progress_bar, seed=cfg.seed)
+    client = hf_client(ckpt, "nemotron", cfg.eval.generator.batch_size, cfg.logger.progress_bar,
+                       device=loop.pick_device(cfg.trainer).type, seed=cfg.seed)
     params = SamplingParams(max_new_tokens=cfg.steer.max_new_tokens, temperature=cfg.steer.temperature,
                             top_p=cfg.steer.top_p)
     system = cfg.steer.system if cfg.steer.system is not None else STEERLM_SYSTEM_PROMPT

@@ -120,3 +120,32 @@ def test_mask_is_exact_when_tokens_merge_across_the_boundary():
 def test_nemotron_generation_prompt():
     msgs = [{"role": "user", "content": "Hi"}]
     assert nemotron_prompt(msgs) == "<extra_id_0>System\n\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\n"
+
+
+def test_preference_rows_render_like_sft_with_the_header_in_the_response():
+    """render_prompt_response (DPO/RPO message lists): prompt + response is the SFT text of the same conversation;
+    the assistant header starts the response (NeMo-Aligner's DPOModelDataset), and prompt + header is the
+    generation prompt. An empty system message is no system message, in every path."""
+    from recipes.chat import render, render_prompt_response, to_messages
+
+    tok = train_tiny_tokenizer(["Hi Hello! Q1 A1 Q2 A2", SYS], 300)
+    for row in (ONE, TWO):
+        # As data prep writes them: the system message always (TWO's is empty), then every turn.
+        msgs = [{"role": "system", "content": row["system"]}] + [
+            {"role": t["from"].lower(), "content": t["value"]} for t in row["conversations"]]
+        prompt, answer = msgs[:-1], msgs[-1]
+        for template in ("nemotron", "hf"):
+            text, _ = render(row, template, tok)
+            head, response = render_prompt_response(prompt, answer, template, tok)
+            assert head + response == text, template
+            gen = nemotron_prompt(prompt) if template == "nemotron" else tok.apply_chat_template(
+                to_messages(row)[:-1], tokenize=False, add_generation_prompt=True)
+            assert text.startswith(gen) and gen.startswith(head) and len(gen) > len(head)
+    head, response = render_prompt_response([{"role": "user", "content": "Hi"}], {"role": "assistant", "content": "7"},
+                                            "nemotron", None)
+    assert (head, response) == ("<extra_id_0>System\n\n<extra_id_1>User\nHi\n", "<extra_id_1>Assistant\n7\n<extra_id_1>")
+    with_empty = render_prompt_response([{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}],
+                                        {"role": "assistant", "content": "7"}, "hf", tok)
+    assert with_empty == render_prompt_response([{"role": "user", "content": "Hi"}], {"role": "assistant", "content": "7"},
+                                                "hf", tok)
+    assert not with_empty[0].startswith("<|system|>")

@@ -104,7 +104,7 @@ def test_token_length_filter(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "Short question?", "response": r, "helpfulness": h, "correctness": 3, "coherence": 3,
              "complexity": 1, "verbosity": 1} for r, h in (("Short answer.", 4), (long, 1))]
     src = write(tmp_path / "hs.jsonl", rows)
-    rep = convert_helpsteer2(src, tmp_path / "a", val_fraction=0.0,
+    rep = convert_helpsteer2(src, tmp_path / "a", val_fraction=0.0, allow_empty=True,  # the one pair goes
                              filters={"tokenizer": tiny_tokenizer, "max_seq_length": 50})
     assert rep["outputs"]["train.jsonl"]["rejected"] == {"too_long": 1}
     assert rep["outputs"]["train_dpo.jsonl"]["rejected"] == {"fewer_than_2_responses": 1}
@@ -118,7 +118,7 @@ def test_token_length_filter(tmp_path, tiny_tokenizer):
     # SDG: a too-long response is dropped from its prompt, the prompt stays.
     sdg = write(tmp_path / "sdg.jsonl", [{"prompt": "q", "responses": [{"text": "good", "reward": 7}, {"text": "fine", "reward": 6.6},
                                                                         {"text": long, "reward": 1}]}])
-    rep = convert_sdg(sdg, tmp_path / "c", filters={"tokenizer": tiny_tokenizer, "max_seq_length": 50})
+    rep = convert_sdg(sdg, tmp_path / "c", filters={"tokenizer": tiny_tokenizer, "max_seq_length": 50}, allow_empty=True)
     assert rep["responses_dropped"] == {"too_long": 1}
     assert rep["outputs"]["train_dpo.jsonl"]["rejected"] == {"gap_below_min": 1}  # 7 vs 6.6 < dpo min_gap 0.5
 

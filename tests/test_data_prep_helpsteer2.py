@@ -146,11 +146,12 @@ def test_golden_files(tmp_path):
     assert read(gold / "train.jsonl") == through_json(nemo_sft(rows))
     assert read(gold / "train_reg.jsonl") == through_json(nemo_regression(nemo_sft(rows)))
     # Hand-checked: prompt 1 -> one pair, weighted 340B rewards; prompt 2 (the multi-turn haiku) is a tie.
+    # DPO prompts are message lists (rendered at training time in the policy's template).
     (pair,) = read(gold / "train_dpo.jsonl")
-    assert pair["prompt"] == ("<extra_id_0>System\n\n<extra_id_1>User\nWhat is the boiling point of water at sea level?"
-                              "\n<extra_id_1>Assistant\n")
-    assert pair["chosen_response"] == "Water boils at 100 °C (212 °F) at sea level.\n<extra_id_1>"
-    assert pair["rejected_response"] == "It boils when it gets hot enough.\n<extra_id_1>"
+    assert pair["prompt"] == [{"role": "system", "content": ""},
+                              {"role": "user", "content": "What is the boiling point of water at sea level?"}]
+    assert pair["chosen_response"] == {"role": "assistant", "content": "Water boils at 100 °C (212 °F) at sea level."}
+    assert pair["rejected_response"] == {"role": "assistant", "content": "It boils when it gets hot enough."}
     assert pair["chosen_reward"] == pytest.approx(0.3 * 4 + 0.74 * 4 + 0.46 * 4 + 0.47 * 1 - 0.33 * 1)
     assert pair["rejected_reward"] == pytest.approx(0.3 * 1 + 0.74 * 2 + 0.46 * 3)
     assert rep["outputs"]["train_dpo.jsonl"]["rejected"] == {"tie": 1}
@@ -185,11 +186,11 @@ def test_7221_pairs_with_ties_dropped_on_a_helpsteer2_sized_split(tmp_path):
     assert (dpo["rows_in"], dpo["rows_out"], dpo["lines"], dpo["rejected"]) == (10162, 7221, 7221, {"tie": 2941})
     by_prompt = {r["prompt"]: r for r in rows if r["response"].endswith("a")}
     for pair in read(tmp_path / "out" / "train_dpo.jsonl")[:200]:
-        prompt = pair["prompt"].split("User\n")[1].split("\n")[0]
+        prompt = pair["prompt"][1]["content"]
         a = by_prompt[prompt]
         b = next(r for r in rows if r["prompt"] == prompt and r is not a)
         best = max((a, b), key=lambda r: r["helpfulness"])
-        assert pair["chosen_response"] == best["response"] + "\n<extra_id_1>"
+        assert pair["chosen_response"] == {"role": "assistant", "content": best["response"]}
 
 
 def test_group_sizes_other_than_two(tmp_path):
@@ -204,8 +205,8 @@ def test_group_sizes_other_than_two(tmp_path):
     src.write_text("\n".join(lines) + "\n")
     rep = convert_helpsteer2(str(src), tmp_path / "out", val_fraction=0.0, on_bad_row="skip")
     pairs = read(tmp_path / "out" / "train_dpo.jsonl")
-    assert [(p["chosen_response"], p["rejected_response"]) for p in pairs] == [
-        ("r2\n<extra_id_1>", "r4\n<extra_id_1>"), ("n2\n<extra_id_1>", "n1\n<extra_id_1>")]
+    assert [(p["chosen_response"]["content"], p["rejected_response"]["content"]) for p in pairs] == [
+        ("r2", "r4"), ("n2", "n1")]
     assert rep["outputs"]["train_dpo.jsonl"]["rejected"] == {"fewer_than_2_responses": 1}
     assert rep["input"] == {"rows_in": 8, "rows_ok": 7, "rejected": {"bad row (response)": 1}}
 
@@ -261,7 +262,7 @@ def test_hub_input_calls_load_dataset_like_nemo_aligner(tmp_path, monkeypatch):
         return {"train": FakeSplit(rows[:2]), "validation": FakeSplit(rows[2:])}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    rep = convert_helpsteer2("nvidia/HelpSteer2", tmp_path)
+    rep = convert_helpsteer2("nvidia/HelpSteer2", tmp_path, allow_empty=True)  # val_dpo: its one prompt is a tie
     assert calls == [("nvidia/HelpSteer2", None)]
     assert rep["outputs"]["train.jsonl"]["rows_out"] == 2 and rep["outputs"]["val.jsonl"]["rows_out"] == 2
     assert read(tmp_path / "val.jsonl") == through_json(nemo_sft(rows[2:]))

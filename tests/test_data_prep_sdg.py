@@ -45,13 +45,16 @@ def test_fixture_defaults(tmp_path):
     dpo = read(tmp_path / "train_dpo.jsonl")
     assert not [p for r in dpo for p in validate_dpo_pair(r)]
     assert dpo[0]["chosen_reward"] == pytest.approx(0.3 * 3.9 + 0.74 * 3.8 + 0.46 * 3.9 + 0.47 * 1.8 - 0.33 * 1.2)
-    assert dpo[1]["prompt"] == ("<extra_id_0>System\nYou are a concise assistant.\n<extra_id_1>User\nGive me a synonym for happy."
-                                "\n<extra_id_1>Assistant\nJoyful.\n<extra_id_1>User\nAnother one, please, and use it in a sentence."
-                                "\n<extra_id_1>Assistant\n")
-    assert dpo[1]["chosen_response"] == "Content: she felt content after a long walk in the park.\n<extra_id_1>"
+    # Message-list prompts (every turn, the record's system prompt), rendered at training time in the policy's template.
+    assert dpo[1]["prompt"] == [{"role": "system", "content": "You are a concise assistant."},
+                                {"role": "user", "content": "Give me a synonym for happy."},
+                                {"role": "assistant", "content": "Joyful."},
+                                {"role": "user", "content": "Another one, please, and use it in a sentence."}]
+    assert dpo[1]["chosen_response"] == {"role": "assistant",
+                                         "content": "Content: she felt content after a long walk in the park."}
     assert (dpo[1]["chosen_reward"], dpo[1]["rejected_reward"]) == (6.1, 3.0)
     # Flat rows (HelpSteer2-style columns) grouped into one prompt.
-    assert dpo[2]["chosen_response"] == "2, 3 and 5.\n<extra_id_1>"
+    assert dpo[2]["chosen_response"] == {"role": "assistant", "content": "2, 3 and 5."}
     rm = read(tmp_path / "train_rm_pairs.jsonl")
     assert not validate_pairwise_rm_file(rm)
     assert rm[0]["text"].startswith(f"<extra_id_0>System\n{STEERLM_SYSTEM_PROMPT}\n<extra_id_1>User\nExplain why")
@@ -133,7 +136,7 @@ def test_flat_rows_grouping_dedup_and_dropped_responses(tmp_path):
                                                  "rejected": {"duplicate_prompt": 1}}
     assert rep["responses_dropped"] == {"empty_text": 1}
     pairs = read(tmp_path / "o" / "train_dpo.jsonl")
-    assert [p["chosen_response"] for p in pairs] == ["good\n<extra_id_1>", "x\n<extra_id_1>"]
+    assert [p["chosen_response"]["content"] for p in pairs] == ["good", "x"]
     recs = [json.loads(x) for x in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["file"], r["lines"], r["reason"]) for r in recs] == [
         ("response", a, [4], "empty_text"), ("filter", b, [1, 2], "duplicate_prompt")]

@@ -93,6 +93,13 @@ def test_overlong_rows_are_truncated_or_dropped_by_policy(tmp_path):
     # A row truncated before its answer has nothing left to learn: rejected, not silently kept.
     assert len(kept) + len(lost) == 8
     assert all(r["reason"].startswith("no trained tokens left") for r in lost.records)
+    # Rows whose cut falls inside an answer train it without its end-of-turn token: counted, one by one.
+    from recipes.data import answer_cut
+
+    assert counts["answers_cut"] == sum(answer_cut(e, 38) for e in full) >= 1
+    cut = [e for e in full if answer_cut(e, 38)]
+    assert all(e.labels[37] != -100 and e.labels[38] != -100 for e in cut)
+    assert not any(answer_cut(e, len(e.input_ids)) for e in full)  # an untruncated row never is
 
 
 def test_an_empty_file_says_so_and_all_rejected_points_to_rejects(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_prep.jsonl import Rejects, RowError
+from data_prep.schemas import TURN_START
 from recipes import dpo, loop, ref_cache
 from recipes.chat import nemotron_prompt
 from recipes.models import load_model, train_tiny_tokenizer
@@ -285,23 +286,38 @@ def test_labels_cover_the_response_only_and_overlong_rules(tmp_path):
     rows = load_pairs(str(FIXTURE), cfg.data, Rejects(), False, "dpo")
     tok = train_tiny_tokenizer(pair_texts(rows), 300)
     pairs, counts = encode_pairs(rows, str(FIXTURE), tok, cfg.data, cfg.model.data, Rejects())
-    assert counts["pairs"] == 12 and counts["truncated"] == 0
+    assert counts["pairs"] == 12 and counts["prompt_cut"] == 0
     for (_, row), p in zip(rows, pairs):
         prompt, chosen, _ = render_pair(row, "nemotron", tok)
         n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
         assert p.chosen.labels[:n_prompt] == [-100] * n_prompt
         assert p.chosen.labels[n_prompt:] == p.chosen.input_ids[n_prompt:] == tok(chosen, add_special_tokens=False)["input_ids"]
-    # A messages row renders to the Nemotron template and ends the response with <extra_id_1>.
+    # A messages row renders in the Nemotron template with the assistant header scored as part of the response
+    # (NeMo-Aligner's DPOModelDataset); prompt + response is the generation prompt + answer + <extra_id_1>.
     prompt, chosen, _ = render_pair(ROWS[9], "nemotron", tok)
-    assert prompt == nemotron_prompt(ROWS[9]["prompt"]) and chosen == "Down.\n<extra_id_1>"
-    # hf template: the tokenizer's chat template; the prompt must prefix prompt+response.
+    assert chosen == "<extra_id_1>Assistant\nDown.\n<extra_id_1>" and prompt.endswith("\n") and TURN_START not in prompt[-2:]
+    assert (prompt + chosen).startswith(nemotron_prompt(ROWS[9]["prompt"]))
+    # hf template: the same rule with the tokenizer's chat template (the header <|assistant|> starts the response).
     prompt, chosen, _ = render_pair(ROWS[9], "hf", tok)
-    assert prompt.endswith("<|assistant|>\n") and chosen.startswith("Down.")
+    assert not prompt.endswith("<|assistant|>\n") and chosen.startswith("<|assistant|>\nDown.")
 
+    # Over-long pairs: truncate cuts the prompt from the left, never a response (its stop token stays trained).
     longest = max(len(p.chosen.input_ids) for p in pairs)
     short = cfg_for(tmp_path, f"data.max_seq_length={longest - 1}").data
     cut, counts = encode_pairs(rows, str(FIXTURE), tok, short, cfg.model.data, Rejects())
-    assert counts["truncated"] >= 1 and max(len(p.chosen.input_ids) for p in cut) == longest - 1
+    assert len(cut) == 12 and counts["prompt_cut"] >= 1
+    for p, whole in zip(cut, pairs):
+        for side, full in ((p.chosen, whole.chosen), (p.rejected, whole.rejected)):
+            assert len(side.input_ids) <= longest - 1
+            trained = [x for x in side.labels if x != -100]
+            assert trained == [x for x in full.labels if x != -100]  # the whole response, stop token included
+            assert side.input_ids == full.input_ids[len(full.input_ids) - len(side.input_ids):]  # the prompt's end kept
+    # A response that alone does not fit: the pair is dropped and counted, with the reason.
+    tight = cfg_for(tmp_path, "data.max_seq_length=3").data
+    rejects = Rejects()
+    kept, _ = encode_pairs(rows, str(FIXTURE), tok, tight, cfg.model.data, rejects)
+    assert len(kept) + len(rejects) == 12 and len(rejects) >= 1
+    assert "end-of-turn token would be cut" in rejects.records[0]["reason"]
     drop = cfg_for(tmp_path, f"data.max_seq_length={longest - 1}", "data.overlong=drop").data
     rejects = Rejects()
     kept, _ = encode_pairs(rows, str(FIXTURE), tok, drop, cfg.model.data, rejects)

@@ -29,7 +29,10 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_checkpoint_records_its_template(tiny_ckpt):
-    assert json.loads((tiny_ckpt / "recipe.json").read_text()) == {"stage": "sft", "prompt_template": "nemotron"}
+    recipe = json.loads((tiny_ckpt / "recipe.json").read_text())
+    assert {k: recipe[k] for k in ("stage", "prompt_template", "base_model", "adapter_only")} == {
+        "stage": "sft", "prompt_template": "nemotron", "base_model": None, "adapter_only": False}
+    assert recipe["peft"]["peft_scheme"] == "none"  # `auto` resolved: a fresh tiny model has no LoRA to continue
 
 
 def test_hf_client_batches_like_single_and_stops_at_turn_end(tiny_ckpt):

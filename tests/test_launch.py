@@ -37,7 +37,7 @@ def test_wrong_type_and_bad_choice_are_one_line():
     # --cfg only prints; the value check happens when the stage would run.
     assert r.returncode == 0
     r = launch("model=tiny", "data=none", "data.prompt_template=chatml", f"model.data.train_ds.file_path={FIXTURE}")
-    assert r.returncode != 0 and "data.prompt_template='chatml' is not one of nemotron, hf" in r.stderr
+    assert r.returncode != 0 and "data.prompt_template='chatml' is not one of auto, nemotron, hf" in r.stderr
 
 
 def test_help_lists_groups_and_cfg_job_prints_resolved_config():

@@ -249,8 +249,33 @@ def test_nemotron4_preset_plans_nemo_commands(tmp_path, capsys):
         assert f" {name} " in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_reward_model.py" in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_gpt_dpo.py" in out
-    # Each stage starts from the previous one's .nemo.
+    # Each stage starts from the previous one's .nemo; the first ones (rm, code_sft) from the model given.
     assert f"model.name_or_path={tmp_path}/rpo_1/checkpoints/megatron_gpt.nemo" in out
+    assert out.count("restore_from_path=/models/Nemotron-4-340B-Base") == 4  # rm, code_sft: override + NeMo command
+    assert "SmolLM" not in out and "gguf" not in out.lower()
+    # Without model.name_or_path the preset's own model (pipeline.overrides), never the demo's GGUF.
+    overrides = overrides[:-1]
+    pipeline.run(compose_cfg(*overrides), overrides)
+    out = capsys.readouterr().out
+    assert out.count("restore_from_path=nvidia/Nemotron-4-340B-Base") == 2 and "SmolLM" not in out
+
+
+def test_a_named_model_is_the_base_of_the_plan(tmp_path, capsys):
+    """`launch.py dry_run=true model.name_or_path=<checkpoint>` plans the baseline and SDG on that checkpoint."""
+    ckpt = make_tiny_checkpoint(tmp_path / "my-sft")
+    overrides = ["pipeline=demo", "dry_run=true", f"pipeline.dir={tmp_path / 'p'}", f"model.name_or_path={ckpt}"]
+    pipeline.run(compose_cfg(*overrides), overrides)
+    out = capsys.readouterr().out
+    assert f"eval.model={ckpt}" in out and f"sdg.model={ckpt}" in out and "SmolLM" not in out
+    # Every policy stage but the last saves only its adapter (the next one merges it on load).
+    blocks, name = {}, None
+    for line in out.splitlines():
+        head = line.split()
+        if head and head[0].rstrip(".").isdigit():
+            name = head[1]
+        elif name:
+            blocks[name] = blocks.get(name, "") + line + "\n"
+    assert [n for n in blocks if "model.peft.save_merged=false" in blocks[n]] == ["sft", "dpo", "rpo_1"]
 
 
 def test_launch_runs_the_pipeline_dry(tmp_path):

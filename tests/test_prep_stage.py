@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from data_prep.sdg import convert_sdg
 from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures" / "data_prep"
@@ -64,3 +67,55 @@ def test_prep_bad_input_is_one_line(tmp_path):
     assert "sdg_bad.jsonl:" in r.stderr and "Traceback" not in r.stderr
     r = launch("stage=prep_sdg", f"exp_manager.explicit_log_dir={tmp_path}")
     assert r.returncode == 1 and "needs prep.input" in r.stderr
+
+
+def low_scored(path):
+    """SDG records scored by a small reward model: every reward far below the presets' 4.9 thresholds."""
+    rows = [{"prompt": f"question {i}", "responses": [{"text": f"good {i}", "reward": 2.0 + i / 10},
+                                                       {"text": f"bad {i}", "reward": 1.0}]} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_filters_that_remove_everything_fail_in_one_line(tmp_path):
+    src = low_scored(tmp_path / "scored.jsonl")
+    r = launch("stage=prep_sdg", f"prep.input={src}", "prep.preset=rpo", f"exp_manager.explicit_log_dir={tmp_path / 'a'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "train_sft.jsonl: all 5 prompt rows removed by below_min_reward 5" in line and "prep.sft_min_reward" in line
+    assert "train_dpo.jsonl: all 5 prompt rows removed by chosen_below_min_reward 5" in line
+    assert "prep.min_chosen_reward" in line and "prep.allow_empty=true" in line
+    assert not list((tmp_path / "a").glob("*.jsonl"))  # nothing half-written
+    # prep.allow_empty=true (the stage passes it to the converter): the empty files are written.
+    from recipes import prep
+    from tests.conftest import compose_cfg
+
+    prep.run(compose_cfg("stage=prep_sdg", f"prep.input={src}", "prep.preset=rpo", "prep.allow_empty=true"), tmp_path / "b")
+    assert (tmp_path / "b" / "train_dpo.jsonl").read_text() == ""
+    # The CLI: the same message and exit code 2; --allow-empty writes the empty files.
+    r = cli("data_prep.sdg", "--input", str(src), "--output-dir", str(tmp_path / "c"), "--preset", "rpo")
+    assert r.returncode == 2 and "all 5 prompt rows removed by chosen_below_min_reward 5" in r.stderr
+    r = cli("data_prep.sdg", "--input", str(src), "--output-dir", str(tmp_path / "c"), "--preset", "rpo", "--allow-empty")
+    assert r.returncode == 0, r.stderr
+
+
+def test_null_turns_a_threshold_off_and_default_keeps_the_presets(tmp_path):
+    from data_prep.sdg import main
+    from recipes.prep import _overrides
+    from tests.conftest import compose_cfg
+
+    assert "pairs" not in _overrides(compose_cfg("stage=prep_sdg")) and "sft" not in _overrides(compose_cfg("stage=prep_sdg"))
+    off = _overrides(compose_cfg("stage=prep_sdg", "prep.min_chosen_reward=null", "prep.sft_min_reward=null",
+                                 "prep.min_gap=null"))
+    assert off["pairs"] == {"min_gap": None, "min_chosen_reward": None} and off["sft"] == {"min_reward": None}
+    with pytest.raises(ValueError, match=r"prep.min_gap='big': give a number, null \(no threshold\) or default"):
+        _overrides(compose_cfg("stage=prep_sdg", "prep.min_gap=big"))
+    # End to end on the low-scored records: with the thresholds off, every prompt gives SFT rows and pairs.
+    tmp = tmp_path
+    src = low_scored(tmp / "scored.jsonl")
+    rep = convert_sdg(str(src), tmp / "o", preset="rpo", **{k: v for k, v in off.items() if k in ("sft", "pairs")})
+    assert rep["outputs"]["train_sft.jsonl"]["rows_out"] == 5 and rep["outputs"]["train_dpo.jsonl"]["rows_out"] == 5
+    assert rep["config"]["pairs"]["min_chosen_reward"] is None and rep["config"]["pairs"]["min_gap"] == 0.0
+    rep = main(["--input", str(src), "--output-dir", str(tmp / "cli"), "--preset", "rpo", "--min-chosen-reward", "none",
+                "--sft-min-reward", "none"])
+    assert rep["outputs"]["train_dpo.jsonl"]["rows_out"] == 5 and rep["config"]["sft"]["min_reward"] is None

@@ -111,6 +111,10 @@ def test_flat_rows_and_bad_rows(reward_model, tmp_path):
     bad.write_text(json.dumps({"prompt": "Hi", "responses": [{"text": "ok"}, {"txt": "typo"}]}) + "\n")
     with pytest.raises(RowError, match=r"bad.jsonl:1: responses\[1\].text: missing"):
         rm_annotate.annotate_file(bad, tmp_path / "x.jsonl", reward_model, progress=False)
+    # Nothing left to score (every row skipped as bad, or an empty file): an error, not an empty output.
+    with pytest.raises(ValueError, match=r"bad.jsonl: no rows to score \(1 bad rows skipped\)"):
+        rm_annotate.annotate_file(bad, tmp_path / "y.jsonl", reward_model, on_bad_row="skip", progress=False)
+    assert not (tmp_path / "y.jsonl").exists() and not (tmp_path / "y.jsonl.partial").exists()
 
 
 def test_stage_and_custom_weights(reward_model, tmp_path):
@@ -126,6 +130,9 @@ def test_stage_and_custom_weights(reward_model, tmp_path):
     cfg = compose_cfg(*TINY, "stage=rm_annotate", f"exp_manager.explicit_log_dir={tmp_path}")
     with pytest.raises(ValueError, match="annotate.input_file and annotate.reward_model"):
         rm_annotate.run(cfg, tmp_path)
+    cfg = compose_cfg(*TINY, "stage=rm_annotate", f"annotate.input_file={SDG}", "annotate.reward_model=/no/rm")
+    with pytest.raises(ValueError, match=r"^annotate.reward_model: no reward-model checkpoint at /no/rm"):
+        rm_annotate.run(cfg, tmp_path)
 
 
 def test_annotated_file_feeds_data_prep(reward_model, tmp_path):
@@ -134,7 +141,7 @@ def test_annotated_file_feeds_data_prep(reward_model, tmp_path):
     out = tmp_path / "scored.jsonl"
     rm_annotate.annotate_file(SDG, out, reward_model, progress=False)
     # generate -> annotate -> data_prep: the scored file becomes DPO/RPO pairs with the RM's rewards.
-    convert_sdg(str(out), tmp_path / "prep", preset="rpo", pairs={"min_chosen_reward": None})
+    convert_sdg(str(out), tmp_path / "prep", preset="rpo", pairs={"min_chosen_reward": None}, sft={"min_reward": None})
     pairs = rows(tmp_path / "prep" / "train_dpo.jsonl")
     scored = {r["text"]: r["reward"] for record in rows(out) for r in record["responses"]}
     assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)

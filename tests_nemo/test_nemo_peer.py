@@ -135,8 +135,9 @@ def test_dpo_dataset(out, tokenizer, name):
     from nemo_aligner.data.nlp.datasets import DPOModelDataset
 
     rows = read(out / name)
-    ds = _build(DPOModelDataset, out / name, tokenizer, 8192)
-    assert len(ds) == len(rows) > 0
+    # Our preference files hold message-list prompts: NeMo renders them with the model's chat_prompt_tokens.
+    ds = _build(DPOModelDataset, out / name, tokenizer, 8192, chat_prompt_tokens=NEMOTRON_TOKENS)
+    assert len(ds) == len(rows) > 0 and all(isinstance(r["prompt"], list) for r in rows)
     rewards = {(r["chosen_reward"], r["rejected_reward"]) for r in rows}
     for i in range(len(ds)):  # no mask is built here: every item is cheap, check them all
         item = ds[i]  # asserts that the prompt's tokens are a prefix of prompt + response
@@ -153,6 +154,14 @@ def test_dpo_dataset_messages_shape(out, tokenizer):
     # NeMo renders the messages with the Nemotron tokens (ids_to_text drops the special tokens themselves).
     assert tokenizer.ids_to_text(item["chosen"].tolist()) == "System\n\nUser\nName a prime number.\nAssistant\n7\n"
     assert (item["chosen_reward"], item["rejected_reward"]) == (6.0, 1.0)
+    # NeMo scores the assistant header as part of the response; our torch backend renders (and scores) the
+    # same tokens: recipes.chat.render_prompt_response.
+    from recipes.chat import render_prompt_response
+
+    row = read(out / "messages_dpo.jsonl")[0]
+    for key, labels in (("chosen_response", "chosen_labels"), ("rejected_response", "rejected_labels")):
+        _, response = render_prompt_response(row["prompt"], row[key], "nemotron", None)
+        assert [t for t in item[labels].tolist() if t != -100] == tokenizer.text_to_ids(response)
 
 
 @pytest.mark.parametrize("name", ["hs2/train.jsonl", "hs2/val.jsonl", "hs2_oh/train.jsonl", "sdg/train_sft.jsonl"])

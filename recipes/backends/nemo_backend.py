@@ -72,9 +72,24 @@ def overrides_for(cfg, log_dir=None, restore_from=None) -> tuple[str, list[str]]
         raise ValueError("backend=nemo needs a run directory: set exp_manager.explicit_log_dir")
     restore = restore_from or restore_path(cfg)
     _check_parallelism(cfg)
+    cfg = without_auto(cfg)
     values = {**_shared(cfg, str(_abs(log_dir))), **STAGE_OVERRIDES[stage](cfg, restore)}
     overrides = [f"{key}={hydra_value(value)}" for key, value in values.items()]
     return script_path(cfg), merge_overrides(overrides, list(cfg.backend.nemo.extra_overrides))
+
+
+def without_auto(cfg):
+    """A copy with the torch backend's `auto` values made concrete. They mean "as the starting checkpoint's
+    recipe.json says", and a .nemo carries none: NeMo renders the Nemotron tokens (§1a) and trains the
+    full model unless LoRA is asked for."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.prompt_template == "auto":
+        cfg.data.prompt_template = "nemotron"
+    if cfg.model.peft.peft_scheme == "auto":
+        cfg.model.peft.peft_scheme = "none"
+    return cfg
 
 
 # ---------------------------------------------------------------- shared by every script

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from pathlib import Path
-
-from data_prep.jsonl import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +33,7 @@ def run(cfg, run_dir: Path) -> Path:
     module = importlib.import_module(STAGES[cfg.stage.name])
     out = module.run(cfg, run_dir)
     if cfg.stage.name in TRAINING_STAGES:
-        # How the checkpoint renders prompts, so eval hooks and later stages use the same template.
-        meta = {"stage": cfg.stage.name, "prompt_template": cfg.data.prompt_template}
-        atomic_write_text(Path(out) / "recipe.json", json.dumps(meta, indent=1) + "\n")
+        # The stage wrote recipe.json (its template and LoRA choice) into the checkpoint: the hooks read it.
         from recipes.evaluate import enabled, run_hooks
 
         if enabled(cfg):
