@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -31,6 +32,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 Conversation = list[dict]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,6 +175,24 @@ class OpenAIChatClient:
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[str]:
         return _map_bounded(lambda c: self._one(c, params), conversations, self.concurrency,
                             f"chat {self.model}", self.progress)
+
+    def chat_completions(self, payloads: list[dict]) -> list[dict | None]:
+        """The whole reply of `POST {base_url}/chat/completions` for each request body (messages, max_tokens,
+        temperature, logprobs, top_logprobs...; `model` filled in when absent), as a plain dict, at most
+        `concurrency` in flight. A request that fails for good gives None instead of raising, so a judge run can
+        count its failures and still finish (the judges of AlpacaEval and Arena-Hard use this)."""
+        url = f"{self.base_url}/chat/completions"
+
+        def one(payload: dict) -> dict | None:
+            try:
+                reply = request_json("POST", url, {"model": self.model, **payload}, self._headers(), self.timeout_s,
+                                     self.max_retries, self.backoff_s)
+            except GenerationError as e:
+                log.warning("judge request failed: %s", e)
+                return None
+            return reply if isinstance(reply, dict) else None
+
+        return _map_bounded(one, payloads, self.concurrency, f"judge {self.model}", self.progress)
 
     def _one_text(self, prompt: str, params: SamplingParams) -> str:
         payload = {"model": self.model, "prompt": prompt, "max_tokens": params.max_new_tokens,
