@@ -230,9 +230,10 @@ def mle_elo(battles: list[tuple[str, str, str]], baseline: str = BASELINE) -> di
     X[np.arange(2 * n), b] = -math.log(10)
     Y = (winner == "model_a").astype(float)
     Y[:n][winner[:n] == "tie"] = 1.0  # one tie = one win (first copy) + one loss (second copy)
-    if len(set(Y)) < 2:  # every battle one way: the MLE is at infinity (the official script raises here)
-        won = bool(Y[0])
-        return {m: 1000.0 if m == baseline else (-math.inf if won else math.inf) for m in models}
+    if len(set(Y)) < 2:  # every battle one way: the MLE is at infinity (the official script raises here);
+        # 20000 Elo points stand for it: a win rate of 1 - 1e-50, 100.00 once rounded
+        far = -20000.0 if Y[0] else 20000.0
+        return {m: 1000.0 if m == baseline else 1000.0 + far for m in models}
     # C=inf is sklearn >= 1.8's spelling of the official penalty=None
     lr = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8).fit(X, Y)
     elo = 400 * lr.coef_[0] + 1000

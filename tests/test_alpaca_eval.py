@@ -3,7 +3,6 @@ controlled win rate's plumbing, and a judged run against a real HTTP judge on 12
 
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -106,18 +105,15 @@ def test_length_controlled_through_the_package_with_a_local_df_gamed(official, t
     assert ae.length_controlled(rows[:10])["length_controlled_note"].startswith("not computed: the GLM needs all 805")
 
 
-def test_score_cli_prints_the_leaderboard_keys(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "eval.alpaca_eval", "score", "--annotations",
-                        str(FIX / "annotations.json.gz"), "--json"], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+def test_score_cli_prints_the_leaderboard_keys(tmp_path, capsys):
+    assert ae.main(["score", "--annotations", str(FIX / "annotations.json.gz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["win_rate"] == pytest.approx(9.177964561962733, abs=1e-9)
     assert {"standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws", "n_total"} <= set(out)
     (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "x", "output_1": "a", "output_2": "b"},
                                                    {"instruction": "y", "output_1": "a"}]))
-    bad = subprocess.run([sys.executable, "-m", "eval.alpaca_eval", "score", "--annotations", str(tmp_path / "bad.json")],
-                         capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode == 2 and "bad.json:2: output_2: missing or not a string" in bad.stderr
+    assert ae.main(["score", "--annotations", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json:2: output_2: missing or not a string" in capsys.readouterr().err
 
 
 def logprob_judge(requests_seen):
