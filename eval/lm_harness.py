@@ -4,7 +4,8 @@ metrics), its models (`HFLM` on our checkpoints, `local-chat-completions` for se
 What this module adds around `lm_eval.simple_evaluate`:
 
 - the task's YAML is read from lm-eval's own folder for that benchmark (indexing only that folder: ~1 s instead
-  of ~15 s for all of lm-eval's tasks) and a group (`mmlu`) expanded into its tasks;
+  of ~15 s for all of lm-eval's tasks; any other lm-eval task name works too, found in the full index) and a
+  group (`mmlu`) expanded into its tasks;
 - `data`: a local JSONL in the hub dataset's row layout replaces the hub (`dataset_path: json`), every split the
   task names reading that file; MMLU rows go to the task of their `subject`;
 - our checkpoints trained with the Nemotron template get it as their chat template (`NEMOTRON_CHAT_TEMPLATE`,
@@ -19,6 +20,7 @@ What this module adds around `lm_eval.simple_evaluate`:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -32,9 +34,11 @@ from data_prep.jsonl import atomic_write_text, read_jsonl, write_jsonl
 NEMOTRON_CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
     "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "<extra_id_0>System\n{{ system }}\n"
-    "{%- for m in turns -%}<extra_id_1>{{ 'User' if m['role'] == 'user' else 'Assistant' }}\n{{ m['content'] }}\n"
-    "{%- endfor -%}{%- if add_generation_prompt -%}<extra_id_1>Assistant\n{%- endif -%}")
+    "{{- '<extra_id_0>System\\n' + system + '\\n' -}}"
+    "{%- for m in turns -%}"
+    "{{- '<extra_id_1>' + ('User' if m['role'] == 'user' else 'Assistant') + '\\n' + m['content'] + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<extra_id_1>Assistant\\n' -}}{%- endif -%}")
 NEMOTRON_STOP = "<extra_id_1>"
 LOGLIKELIHOOD = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
@@ -44,7 +48,7 @@ class Benchmark:
     """What differs between the lm-eval benchmarks."""
 
     name: str  # hook name, e.g. mmlu
-    family: str  # lm-eval's task folder (lm_eval/tasks/<family>) to look the task up in
+    folders: tuple[str, ...]  # lm-eval task folders (under lm_eval/tasks) to look the task up in, first hit wins
     subset_field: str | None = None  # local rows: the field naming the task's dataset_name (MMLU: subject)
     functions: Callable[[dict], dict] = field(default=lambda settings: {})  # !function name -> ours
 
@@ -55,10 +59,28 @@ def _tasks_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def task_manager(family: str):
+@functools.lru_cache(maxsize=None)
+def _index(folder: str | None):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_defaults=False, include_path=str(_tasks_dir() / family))
+    if folder is None:
+        return TaskManager()  # all of lm-eval's tasks (~15 s)
+    return TaskManager(include_defaults=False, include_path=str(_tasks_dir() / folder))
+
+
+def task_manager(bench: "Benchmark", task: str):
+    """An lm-eval TaskManager that knows `task`, indexing as little as possible."""
+    for folder in (*bench.folders, None):
+        tm = _index(folder)
+        if task in tm.task_index:
+            return tm
+    raise KeyError(f"lm-eval {_lm_eval_version()} has no task {task!r}")
+
+
+def _lm_eval_version() -> str:
+    import lm_eval
+
+    return lm_eval.__version__
 
 
 def leaf_tasks(tm, name: str) -> list[str]:
@@ -73,9 +95,15 @@ def leaf_tasks(tm, name: str) -> list[str]:
         return sorted(n for n, e in tm.task_index.items() if name in e.tags)
     if entry.kind != Kind.GROUP:
         return [name]
-    cfg = entry.cfg or load_yaml(entry.yaml_path, resolve_func=False)
-    members = cfg["task"] if isinstance(cfg["task"], list) else [cfg["task"]]
-    return [leaf for m in members for leaf in leaf_tasks(tm, m if isinstance(m, str) else m["task"])]
+    return _member_leaves(tm, entry.cfg or load_yaml(entry.yaml_path, resolve_func=False))
+
+
+def _member_leaves(tm, group: dict) -> list[str]:
+    """The tasks of a group config, whose members are names or inline groups ({group, task: [...]})."""
+    members = group["task"] if isinstance(group["task"], list) else [group["task"]]
+    return [leaf for m in members
+            for leaf in (leaf_tasks(tm, m) if isinstance(m, str) else _member_leaves(tm, m) if "group" in m
+                         else leaf_tasks(tm, m["task"]))]
 
 
 def _resolve_functions(value, ours: dict):
@@ -98,7 +126,7 @@ def task_configs(bench: Benchmark, settings, out_dir: Path, nemotron: bool) -> l
     """The inline lm-eval config of every task to run, with our data, stop string and generation budget."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    tm = task_manager(bench.family)
+    tm = task_manager(bench, settings.task)
     rows = [r for _, r in read_jsonl(settings.data)] if settings.data else None
     configs = []
     for name in leaf_tasks(tm, settings.task):
@@ -179,17 +207,17 @@ def run_lm_eval(bench: Benchmark, settings, lm, out_dir: str | os.PathLike, chat
                          f"generative task (e.g. eval.{bench.name}.task={bench.name}_generative) or a checkpoint")
     res = lm_eval.simple_evaluate(model=lm, tasks=configs, num_fewshot=settings.num_fewshot,
                                   limit=settings.limit or None, apply_chat_template=chat, log_samples=True,
-                                  task_manager=task_manager(bench.family), confirm_run_unsafe_code=allow_unsafe,
+                                  task_manager=task_manager(bench, settings.task), confirm_run_unsafe_code=allow_unsafe,
                                   bootstrap_iters=0)
     samples = [{"task": task, **s} for task in sorted(res["samples"]) for s in res["samples"][task]]
     write_jsonl(out / "samples.jsonl", json.loads(json.dumps(samples, default=str)))
     atomic_write_text(out / "results.json", json.dumps({k: res.get(k) for k in ("results", "n-samples", "versions")},
                                                        indent=2, default=str) + "\n")
-    summary = summarize(samples, settings.metric)
+    summary = summarize(samples, f"{settings.metric},{settings.filter}")
     summary.update(task=settings.task, num_fewshot=settings.num_fewshot, apply_chat_template=chat,
                    lm_eval_version=lm_eval.__version__, lm=type(lm).__name__)
     if len(res["samples"]) > 1:
-        per_task = {t: _mean([s for s in samples if s["task"] == t], settings.metric) for t in sorted(res["samples"])}
+        per_task = {t: _mean([s for s in samples if s["task"] == t], summary["metric"]) for t in sorted(res["samples"])}
         summary["tasks"] = {t: {"value": v, "n": n} for t, (v, n) in per_task.items()}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table(bench.name, summary))
@@ -200,7 +228,9 @@ def summarize(samples: list[dict], metric: str) -> dict:
     """The headline metric over every sample row (lm-eval's per-sample logs): a group's weight_by_size mean."""
     score, n = _mean(samples, metric)
     if n == 0:
-        raise ValueError(f"no sample row carries metric {metric!r}")
+        have = sorted({f"{k},{r.get('filter', 'none')}" for r in samples for k in r.get("metrics", [])})
+        raise ValueError(f"no sample row carries metric {metric!r} (they have: {', '.join(have) or 'none'}); set "
+                         "the benchmark's `metric` and `filter` to lm-eval's for this task")
     return {"score": score, "metric": metric, "n_samples": n}
 
 
@@ -226,10 +256,32 @@ FENCED = re.compile(r"```(?:\w+)?\n?(.*?)\n?```", re.DOTALL)
 
 
 def first_code_block(text: str) -> str:
-    """lm-eval mbpp `extract_code_blocks`: the reply continues the opening fence of the prompt's prefix, so one is
-    put back before matching; failing that, fences are read with any `python` tag dropped; else ''."""
-    found = FENCED.findall("```" + text) or FENCED.findall(text.replace("```python", "```"))
-    return found[0] if found else ""
+    """The code of an `mbpp_instruct` reply, which continues the "```python" fence its prompt's prefix opened:
+    lm-eval's `extract_code_blocks` (first ```-block, matched with an opening fence put back before the reply;
+    failing that, with `python` tags dropped; else ''), with two fixes.
+
+    lm-eval 0.4.13 puts back a bare "```", so its optional language tag swallows the first word of the code
+    ("def", "import") and every such reply fails (lm-eval issue #3447, open): we put back "```\n", the fix its
+    PR #3769 proposes. A reply that opens a fence of its own (a chat endpoint answering in a new turn instead
+    of continuing the prefix, as OpenAI's and vLLM's do by default) is searched as it is, and where the rules
+    give no code that compiles (empty, or the reply's prose) but the reply holds a block that does, that block
+    is taken. Compiling runs nothing."""
+    if text.lstrip().startswith("```"):
+        found = FENCED.findall(text)
+    else:
+        found = FENCED.findall("```\n" + text) or FENCED.findall(text.replace("```python", "```"))
+    code = found[0] if found else ""
+    if not _compiles(code):
+        code = next((c for c in FENCED.findall(text) if _compiles(c)), code)
+    return code
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<mbpp>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return bool(code.strip())
 
 
 def mbpp_functions(settings) -> dict:
@@ -252,9 +304,9 @@ def mbpp_functions(settings) -> dict:
     return {"pass_at_1": pass_at_1, "build_predictions": build_predictions, "list_fewshot_samples": lambda: []}
 
 
-MMLU = Benchmark("mmlu", "mmlu", subset_field="subject")
-GSM8K = Benchmark("gsm8k", "gsm8k")
-MBPP = Benchmark("mbpp", "mbpp", functions=mbpp_functions)
+MMLU = Benchmark("mmlu", ("mmlu/default", "mmlu/generative", "mmlu"), subset_field="subject")
+GSM8K = Benchmark("gsm8k", ("gsm8k",))
+MBPP = Benchmark("mbpp", ("mbpp",), functions=mbpp_functions)
 BENCHMARKS = {b.name: b for b in (MMLU, GSM8K, MBPP)}
 
 
@@ -291,15 +343,16 @@ def main(name: str, argv: list[str] | None = None) -> int:
         rn.add_argument("--allow-code-execution", action="store_true", help="required: this runs model-written code")
         rn.add_argument("--timeout", type=float, default=defaults.timeout_s)
     for p in (sc, rn):
-        p.add_argument("--metric", default=defaults.metric, help="lm-eval's metric,filter")
+        p.add_argument("--metric", default=defaults.metric, help="the lm-eval metric to report")
+        p.add_argument("--filter", default=defaults.filter, help="the lm-eval filter it is read after")
         p.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "score":
-            summary = score_files(args.samples, args.metric)
+            summary = score_files(args.samples, f"{args.metric},{args.filter}")
         else:
-            s = type(defaults)(task=args.task, metric=args.metric, num_fewshot=args.num_fewshot, data=args.data,
-                               limit=args.limit, max_gen_toks=args.max_gen_toks,
+            s = type(defaults)(task=args.task, metric=args.metric, filter=args.filter, num_fewshot=args.num_fewshot,
+                               data=args.data, limit=args.limit, max_gen_toks=args.max_gen_toks,
                                apply_chat_template=not args.no_chat_template)
             if name == "mbpp":
                 s.allow_code_execution, s.timeout_s = args.allow_code_execution, args.timeout

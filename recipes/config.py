@@ -334,7 +334,8 @@ class MMLUConfig:
 
     enabled: bool = False
     task: str = "mmlu"  # an lm-eval task or group under lm_eval/tasks/mmlu
-    metric: str = "acc,none"  # lm-eval's "metric,filter"
+    metric: str = "acc"  # the lm-eval metric reported (its per-sample value is averaged)...
+    filter: str = "none"  # ...after this lm-eval filter
     num_fewshot: int = 0  # the report's 0-shot
     apply_chat_template: bool = True
     data: Optional[str] = None  # local JSONL in cais/mmlu's layout (question, subject, choices, answer); null: hub
@@ -346,7 +347,8 @@ class MMLUConfig:
 class GSM8KConfig:
     enabled: bool = False
     task: str = "gsm8k_cot_zeroshot"  # lm-eval's 0-shot chain-of-thought GSM8K
-    metric: str = "exact_match,flexible-extract"  # the last number in the reply
+    metric: str = "exact_match"
+    filter: str = "flexible-extract"  # the last number in the reply (strict-match: "The answer is N.")
     num_fewshot: int = 0
     apply_chat_template: bool = True
     data: Optional[str] = None  # local JSONL in openai/gsm8k's layout (question, answer); null: the hub
@@ -358,7 +360,8 @@ class GSM8KConfig:
 class MBPPConfig:
     enabled: bool = False
     task: str = "mbpp_instruct"  # lm-eval's chat MBPP (code-block prompt and extraction), run 0-shot
-    metric: str = "pass_at_1,extract_code"
+    metric: str = "pass_at_1"
+    filter: str = "extract_code"
     num_fewshot: int = 0
     apply_chat_template: bool = True
     data: Optional[str] = None  # local JSONL in google-research-datasets/mbpp's layout; null: the hub
