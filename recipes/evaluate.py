@@ -67,18 +67,21 @@ class _Run:
         self._generator = self._lm = None
 
     def generator(self):
-        self._generator = self._generator or make_generator(self.cfg, self.model_dir)
+        if self._generator is None:
+            self._generator = make_generator(self.cfg, self.model_dir)
         return self._generator
 
     def template(self) -> str:
         """How prompts reach the model: the checkpoint's template, or the endpoint's own chat API."""
-        return checkpoint_template(self.model_dir, self.cfg.data.prompt_template) if self.cfg.eval.generator.kind == \
-            "hf" else "chat-api"
+        if self.cfg.eval.generator.kind != "hf":
+            return "chat-api"
+        return checkpoint_template(self.model_dir, self.cfg.data.prompt_template)
 
     def lm(self):
         from eval.lm_harness import make_lm
 
-        self._lm = self._lm or make_lm(self.cfg.eval.generator, self.model_dir, self.template())
+        if self._lm is None:
+            self._lm = make_lm(self.cfg.eval.generator, self.model_dir, self.template())
         return self._lm
 
 
