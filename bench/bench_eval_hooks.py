@@ -58,7 +58,8 @@ def main() -> None:
     print("| hook | what (demo settings) | wall (s) | CPU (s) | result |")
     print("|---|---|---|---|---|")
     what = {"ifeval": f"{cfg.eval.ifeval.max_new_tokens} new tokens, 12 prompts",
-            "mmlu": "8 questions, 3 subjects, log-likelihood", "gsm8k": f"6 problems, {cfg.eval.gsm8k.max_gen_toks} tokens",
+            "mmlu": "8 questions, 3 subjects, log-likelihood",
+            "gsm8k": f"6 problems, {cfg.eval.gsm8k.max_gen_toks} tokens",
             "humaneval": f"{cfg.eval.humaneval.limit} problems, {cfg.eval.humaneval.max_new_tokens} tokens"}
     for _ in range(args.repeats):
         run = evaluate._Run(cfg, Path(base))

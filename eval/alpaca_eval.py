@@ -80,7 +80,8 @@ def load_annotator(config_file: str | os.PathLike | None = None) -> Annotator:
     config_file = Path(config_file)
     (name, c), = yaml.safe_load(config_file.read_text()).items()
     parser = c.get("completion_parser_kwargs", {})
-    if c.get("fn_completion_parser") != "logprob_parser" or parser.get("is_binarize", True) or c.get("batch_size", 1) != 1:
+    weighted = c.get("fn_completion_parser") == "logprob_parser" and not parser.get("is_binarize", True)
+    if not weighted or c.get("batch_size", 1) != 1:
         raise ValueError(f"{config_file}: only weighted logprob annotators (logprob_parser, is_binarize false, "
                          "batch_size 1) are implemented")
     rel = Path(c["prompt_template"])
@@ -341,7 +342,8 @@ def generate_outputs(generate_fn: Callable, eval_set: list[dict], model_id: str,
 def annotate(judge, ann: Annotator, eval_set: list[dict], outputs: list[dict], path: Path,
              max_failed: float = 0.05, chunk_size: int = 64) -> tuple[list[dict], dict]:
     """One annotation per instruction (cached in `path` by instruction and both outputs); (rows, call counts)."""
-    cache = {(r["instruction"], r["output_1"], r["output_2"]): r for r in read_annotations(path)} if path.exists() else {}
+    old = read_annotations(path) if path.exists() else []
+    cache = {(r["instruction"], r["output_1"], r["output_2"]): r for r in old}
     rows: dict[int, dict] = {}
     pending = []
     for i, (base, out) in enumerate(zip(eval_set, outputs)):

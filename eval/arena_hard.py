@@ -94,7 +94,8 @@ def load_questions(path: str | os.PathLike) -> list[dict]:
         if not isinstance(q.get("question_id"), str):
             raise RowError(path, line, "question_id", "missing or not a string")
         turns = q.get("turns")
-        if not (isinstance(turns, list) and turns and isinstance(turns[0], dict) and isinstance(turns[0].get("content"), str)):
+        first = turns[0] if isinstance(turns, list) and turns else None
+        if not (isinstance(first, dict) and isinstance(first.get("content"), str)):
             raise RowError(path, line, "turns", "must be a list of {content: str}")
         out.append(q)
     return out
@@ -137,7 +138,8 @@ def verdict(judgment: str, pattern: re.Pattern) -> tuple[str | None, bool]:
 
 
 def judge_questions(client, s: JudgeSettings, questions: list[dict], model_answers: dict, baseline_answers: dict,
-                    model_id: str, path: Path, max_failed: float = 0.05, chunk_size: int = 32) -> tuple[list[dict], dict]:
+                    model_id: str, path: Path, max_failed: float = 0.05,
+                    chunk_size: int = 32) -> tuple[list[dict], dict]:
     """Both games of every question, `chunk_size` questions at a time, each chunk saved when done; (rows, counts)."""
     rows = {r["question_id"]: r for r in read_judgments(path)} if path.exists() else {}
     todo = []

@@ -32,7 +32,8 @@ from data_prep.jsonl import RowError, atomic_write_text, read_jsonl, write_jsonl
 from eval.clients import GenerationError, SamplingParams, add_client_args, client_from_args
 from eval.code_exec import isolation, run_programs
 
-CHAT_PROMPT = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```\n"
+CHAT_PROMPT = ("Write a solution to the following problem and make sure that it passes the tests:\n"
+               "```python\n{prompt}\n```\n")  # lm-eval humaneval_instruct's
 STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # the Codex paper's stop sequences (completion mode)
 FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)  # a reply cut off inside its block keeps the code
 TIMEOUT_S = 3.0

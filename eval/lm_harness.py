@@ -142,7 +142,8 @@ def task_configs(bench: Benchmark, settings, out_dir: Path, nemotron: bool) -> l
                 data_file = out_dir / "data" / f"{name}.jsonl"
             else:
                 data_file = Path(settings.data)
-            splits = {cfg[k] for k in ("test_split", "validation_split", "training_split", "fewshot_split") if cfg.get(k)}
+            splits = {cfg[k] for k in ("test_split", "validation_split", "training_split", "fewshot_split")
+                      if cfg.get(k)}
             cfg.update(dataset_path="json", dataset_name=None,
                        dataset_kwargs={"data_files": {s: str(Path(data_file).resolve()) for s in splits}})
         gen = dict(cfg.get("generation_kwargs") or {})
@@ -200,6 +201,9 @@ def run_lm_eval(bench: Benchmark, settings, lm, out_dir: str | os.PathLike, chat
     import lm_eval
 
     out = Path(out_dir)
+    if chat and getattr(getattr(lm, "tokenizer", None), "chat_template", "api") is None:
+        raise ValueError(f"the checkpoint's tokenizer has no chat template: set eval.{bench.name}.apply_chat_template="
+                         "false, or use a checkpoint trained with data.prompt_template=nemotron")
     configs = task_configs(bench, settings, out, nemotron)
     needs_ll = sorted({c["task"] for c in configs if c.get("output_type") in LOGLIKELIHOOD})
     if needs_ll and type(lm).__name__ == "LocalChatCompletion":

@@ -35,7 +35,8 @@ PAPER_REWARD_BENCH = 92.0
 BENCH_COLUMNS = [("MT-Bench", "mt_bench", 1, 2), ("MMLU", "mmlu", 100, 1), ("GSM8K", "gsm8k", 100, 1),
                  ("HumanEval", "humaneval", 100, 1), ("IFEval P-strict", "ifeval_p", 100, 1),
                  ("IFEval I-strict", "ifeval_i", 100, 1), ("Arena-Hard", "arena_hard", 1, 1),
-                 ("AlpacaEval 2.0 LC", "alpaca_eval", 1, 1), ("MBPP", "mbpp", 100, 1), ("RewardBench", "reward_bench", 1, 1)]
+                 ("AlpacaEval 2.0 LC", "alpaca_eval", 1, 1), ("MBPP", "mbpp", 100, 1),
+                 ("RewardBench", "reward_bench", 1, 1)]
 
 
 def _fmt(x, scale: float = 1.0, digits: int = 1) -> str:
@@ -111,8 +112,8 @@ def stage_table(rows: list[dict]) -> list[str]:
     for r in rows:
         loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r["loss_first"] is not None else ""
         out.append(f"| {r['name']} | {r['stage']} | {r['status']} | {_fmt(r['seconds'], digits=0)} | "
-                   f"{_fmt(r['cpu_seconds'], digits=0)} | {r['steps'] or ''} | {loss} | {_fmt(r['val_loss'], digits=3)} | "
-                   f"{_paper_label(r)} |")
+                   f"{_fmt(r['cpu_seconds'], digits=0)} | {r['steps'] or ''} | {loss} | "
+                   f"{_fmt(r['val_loss'], digits=3)} | {_paper_label(r)} |")
     return out
 
 
@@ -219,7 +220,8 @@ def plot_evals(rows: list[dict], path: Path) -> bool:
     if has_mt:
         ax2 = axes[0][1]
         ax2.plot(x, [r["mt_bench"] for r in rows], "o-", label="MT-Bench (this run)")
-        ax2.plot(x, [PAPER_STAGES[r["paper"]][1]["mt_bench"] if r["paper"] in PAPER_STAGES else None for r in rows], "s:",
+        paper_mt = [PAPER_STAGES[r["paper"]][1]["mt_bench"] if r["paper"] in PAPER_STAGES else None for r in rows]
+        ax2.plot(x, paper_mt, "s:",
                  color="grey", label="MT-Bench (paper, 340B)")
         ax2.set(title="MT-Bench across stages", ylim=(0, 10))
         panels.append(ax2)

@@ -135,7 +135,8 @@ def test_judged_run_resumes_without_paying_twice(official, annotator, tmp_path, 
     eval_set = ae.load_eval_set(FIX / "annotations.json.gz")[:6]
     assert eval_set[0]["output"] == rows[0]["output_1"] and eval_set[0]["generator"] == "gpt4_1106_preview"
     # the model repeats the baseline on instruction 2: a draw, no judge call
-    gen = lambda convs, p: [eval_set[2]["output"] if c[0]["content"] == eval_set[2]["instruction"] else "An answer."  # noqa: E731
+    same = eval_set[2]
+    gen = lambda convs, p: [same["output"] if c[0]["content"] == same["instruction"] else "An answer."  # noqa: E731
                             for c in convs]
     monkeypatch.setenv("JUDGE_KEY", SECRET)
     seen = []
@@ -147,7 +148,8 @@ def test_judged_run_resumes_without_paying_twice(official, annotator, tmp_path, 
         ae.run_alpaca_eval(gen, judge, tmp_path, "my-model", eval_set, annotator=annotator)
         assert len(seen) == 5  # everything came from annotations.json
     saved = json.loads((tmp_path / "annotations.json").read_text())
-    expected = [1.5 if i == 2 else (3 - 1.8 if ae.is_switched(r["instruction"]) else 1.8) for i, r in enumerate(eval_set)]
+    expected = [1.5 if i == 2 else (3 - 1.8 if ae.is_switched(r["instruction"]) else 1.8)
+                for i, r in enumerate(eval_set)]
     assert [r["preference"] for r in saved] == pytest.approx(expected)
     assert s["n_judge_calls"] == 5 and s["n_draws"] == 1 and s["n_total"] == 6
     assert s["win_rate"] == pytest.approx(100 * sum(p - 1 for p in expected) / 6)

@@ -124,7 +124,8 @@ def test_judged_run_two_games_second_call_resume_and_failures(tmp_path):
     (data / "judge_config.yaml").write_text((FIX / "judge_config.yaml").read_text())
     questions = ah.load_questions(FIX / "question.jsonl")
     (data / "model_answer" / "gpt-4-0314.jsonl").write_text("".join(json.dumps(
-        {"question_id": q["question_id"], "choices": [{"index": 0, "turns": [{"content": "gpt4 answer", "token_len": 3}]}]})
+        {"question_id": q["question_id"], "choices": [{"index": 0, "turns": [{"content": "gpt4 answer",
+                                                                            "token_len": 3}]}]})
         + "\n" for q in questions))
     gen = lambda convs, params: ["my answer"] * len(convs)  # noqa: E731
     seen = []
@@ -150,8 +151,10 @@ def test_judged_run_two_games_second_call_resume_and_failures(tmp_path):
                                    "Assistant B's Answer|>")
     again = next(m for m in seen if len(m) == 4)
     assert again[2] == {"role": "assistant", "content": "Let me think."}
-    assert again[3] == {"role": "user", "content": "continue your judgment and finish by outputting a final verdict label"}
-    rows = {r["question_id"]: r for r in ah.read_judgments(out / "model_judgment" / "gpt-4-1106-preview" / "my-model.jsonl")}
+    assert again[3] == {"role": "user", "content": ah.CONTINUE}
+    assert ah.CONTINUE == "continue your judgment and finish by outputting a final verdict label"
+    saved = ah.read_judgments(out / "model_judgment" / "gpt-4-1106-preview" / "my-model.jsonl")
+    rows = {r["question_id"]: r for r in saved}
     folk = rows[questions[0]["question_id"]]["games"]
     assert folk[0]["judgment"] == "\nLet me think.\nVerdict: [[A>B]]" and folk[0]["score"] == "A>B"
     assert folk[1]["score"] == "B>A" and "Assistant A's Answer|>\nmy answer" in folk[1]["user_prompt"]

@@ -15,7 +15,8 @@ def problems():
 
 
 def test_canonical_solutions_pass_164_of_164(problems):
-    assert len(problems) == 164 and problems[0]["task_id"] == "HumanEval/0" and problems[-1]["task_id"] == "HumanEval/163"
+    assert len(problems) == 164
+    assert (problems[0]["task_id"], problems[-1]["task_id"]) == ("HumanEval/0", "HumanEval/163")
     samples = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
     summary, rows = he.score_samples(samples, problems, allow_code_execution=True)
     assert [r["task_id"] for r in rows if not r["passed"]] == []
