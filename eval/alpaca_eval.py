@@ -325,8 +325,9 @@ def _write_json(path: Path, rows: list[dict]) -> None:
 
 
 def generate_outputs(generate_fn: Callable, eval_set: list[dict], model_id: str, path: Path,
-                     max_new_tokens: int = 2048, chunk_size: int = 64) -> list[dict]:
-    """The model's output for every instruction (greedy, one user turn, stripped), saved after each chunk."""
+                     max_new_tokens: int = 2048, chunk_size: int = 64) -> list[dict | None]:
+    """The model's output for every instruction (greedy, one user turn, stripped), saved after each chunk; None
+    where the request failed (a served model's client gives None then; not saved, so a rerun asks again)."""
     cached = {r["instruction"]: r for r in read_rows(path)} if path.exists() else {}
     todo = [r["instruction"] for r in eval_set if r["instruction"] not in cached]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -334,9 +335,11 @@ def generate_outputs(generate_fn: Callable, eval_set: list[dict], model_id: str,
         chunk = todo[start: start + chunk_size]
         outs = generate_fn([[{"role": "user", "content": t}] for t in chunk], params)
         for t, o in zip(chunk, outs):
-            cached[t] = {"instruction": t, "output": o.strip(), "generator": model_id}
+            if o is not None:
+                cached[t] = {"instruction": t, "output": o.strip(), "generator": model_id}
         _write_json(path, [cached[r["instruction"]] for r in eval_set if r["instruction"] in cached])
-    return [{**cached[r["instruction"]], "dataset": r.get("dataset")} for r in eval_set]
+    return [{**cached[r["instruction"]], "dataset": r.get("dataset")} if r["instruction"] in cached else None
+            for r in eval_set]
 
 
 def annotate(judge, ann: Annotator, eval_set: list[dict], outputs: list[dict], path: Path,
@@ -347,6 +350,8 @@ def annotate(judge, ann: Annotator, eval_set: list[dict], outputs: list[dict], p
     rows: dict[int, dict] = {}
     pending = []
     for i, (base, out) in enumerate(zip(eval_set, outputs)):
+        if out is None:  # no output from the model: nothing to judge
+            continue
         row = {"instruction": base["instruction"], "output_1": base["output"], "generator_1": base.get("generator"),
                "dataset": base.get("dataset"), "output_2": out["output"], "generator_2": out["generator"],
                "annotator": ann.name}
@@ -382,7 +387,8 @@ def run_alpaca_eval(generate_fn: Callable, judge, output_dir: str | os.PathLike,
     ann = annotator or load_annotator()
     outputs = generate_outputs(generate_fn, eval_set, model_id, out / "model_outputs.json", max_new_tokens)
     rows, calls = annotate(judge, ann, eval_set, outputs, out / "annotations.json", max_failed)
-    summary = {**summarize(rows, df_gamed), **calls, "n_instructions": len(eval_set), "judge_model": judge.model}
+    summary = {**summarize(rows, df_gamed), **calls, "n_instructions": len(eval_set),
+               "n_failed_outputs": sum(o is None for o in outputs), "judge_model": judge.model}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table(summary))
     return summary

@@ -324,7 +324,8 @@ def _token_len(text: str) -> int | None:
 
 def generate_answers(generate_fn: Callable, questions: list[dict], model_id: str, path: Path,
                      max_new_tokens: int = 4096, chunk_size: int = 64) -> dict[str, dict]:
-    """Greedy single-turn answers, no system prompt, in arena-hard-auto's answer layout; cached in `path`."""
+    """Greedy single-turn answers, no system prompt, in arena-hard-auto's answer layout; cached in `path`
+    (a failed request, None from a served model's client, is left out and asked again by the next run)."""
     answers = load_answers(path) if path.exists() else {}
     todo = [q for q in questions if q["question_id"] not in answers]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -332,6 +333,8 @@ def generate_answers(generate_fn: Callable, questions: list[dict], model_id: str
         chunk = todo[start: start + chunk_size]
         outs = generate_fn([[{"role": "user", "content": q["turns"][0]["content"]}] for q in chunk], params)
         for q, text in zip(chunk, outs):
+            if text is None:  # the request failed: no answer (and no judgment) for it this run
+                continue
             answers[q["question_id"]] = {"question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22],
                                          "model_id": model_id, "choices": [{"index": 0, "turns": [
                                              {"content": text, "token_len": _token_len(text)}]}], "tstamp": time.time()}
@@ -355,6 +358,7 @@ def run_arena_hard(generate_fn: Callable, judge, output_dir: str | os.PathLike, 
     rows = [r for r in rows if r["question_id"] in wanted]
     table = leaderboard(rows, s.baseline_model, {model_id: answers, s.baseline_model: baseline}, rounds=rounds)
     summary = {**table[model_id], **calls, "n_no_verdict": sum(g["score"] is None for r in rows for g in r["games"]),
+               "n_failed_answers": sum(q["question_id"] not in answers for q in questions),
                "judge_model": judge.model, "baseline": s.baseline_model, "models": table}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table(table, s.baseline_model))

@@ -75,14 +75,16 @@ def generate_samples(generator, problems: list[dict], mode: str, max_new_tokens:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         replies = generator.generate([[{"role": "user", "content": CHAT_PROMPT.format(prompt=p["prompt"])}]
                                       for p in problems], params)
-        completions = [extract_code(r) for r in replies]
+        completions = [None if r is None else extract_code(r) for r in replies]
     elif mode == "completion":
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(STOP))
         replies = generator.complete([p["prompt"] for p in problems], params)
-        completions = [min((r.split(s)[0] for s in STOP), key=len) for r in replies]
+        completions = [None if r is None else min((r.split(s)[0] for s in STOP), key=len) for r in replies]
     else:
         raise ValueError(f"HumanEval mode must be chat or completion, got {mode!r}")
-    return [{"task_id": p["task_id"], "completion": c, "raw": r} for p, c, r in zip(problems, completions, replies)]
+    # a failed request (None from a served model's client) gives no sample; the next run asks again
+    return [{"task_id": p["task_id"], "completion": c, "raw": r}
+            for p, c, r in zip(problems, completions, replies) if r is not None]
 
 
 def read_samples(path: str | os.PathLike) -> list[dict]:
@@ -146,9 +148,11 @@ def run_humaneval(generator, output_dir: str | os.PathLike, allow_code_execution
         for row in generate_samples(generator, todo, mode, max_new_tokens):
             cached[row["task_id"]] = row
         write_jsonl(sample_file, [cached[p["task_id"]] for p in problems if p["task_id"] in cached])
-    samples = [cached[p["task_id"]] for p in problems]
+    samples = [cached[p["task_id"]] for p in problems if p["task_id"] in cached]
+    if not samples:
+        raise ValueError("HumanEval: no problem got an answer (every generation request failed)")
     summary, rows = score_samples(samples, problems, allow_code_execution, timeout_s, key=key)
-    summary["mode"] = mode
+    summary.update(mode=mode, n_failed_generations=len(problems) - len(samples))
     write_jsonl(out / "results.jsonl", rows)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown_table(summary))

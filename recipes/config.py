@@ -310,7 +310,6 @@ class AlpacaEvalConfig:
     annotator_config: Optional[str] = None  # configs.yaml; null: the one alpaca-eval ships
     df_gamed: Optional[str] = None  # local df_gamed.csv for the length-controlled win rate; null: the hub's
     max_new_tokens: int = 2048
-    max_failed: float = 0.05  # fraction of judge requests that may fail (they are retried by the next run)
     limit: int = 0  # the first N instructions (the length-controlled win rate needs all 805)
 
 
@@ -323,7 +322,6 @@ class ArenaHardConfig:
     judge_config: Optional[str] = None  # judge_config.yaml; null: found in `data` (or data/judge_prompt/)
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="gpt-4-1106-preview"))
     max_new_tokens: int = 4096
-    max_failed: float = 0.05
     bootstrap_rounds: int = 100
     limit: int = 0
 

@@ -91,6 +91,11 @@ def _judge(j, progress: bool):
     return OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env, concurrency=j.concurrency, progress=progress)
 
 
+def _max_failed(j) -> float:
+    """The fraction of a judge's requests that may fail (JudgeConfig.max_failed_fraction where the config has it)."""
+    return j.get("max_failed_fraction", 0.05)
+
+
 def _no_judge(name: str, key: str) -> dict:
     log.warning("%s skipped: set %s (an OpenAI-compatible judge endpoint)", name, key)
     return {"skipped": f"no judge endpoint ({key})"}
@@ -136,7 +141,8 @@ def _alpaca_eval(run: _Run, out: Path) -> dict:
         return _no_judge("AlpacaEval", "eval.alpaca_eval.judge.base_url")
     eval_set = load_eval_set(c.eval_set)[: c.limit or None]
     return run_alpaca_eval(run.generator().generate, _judge(c.judge, run.cfg.logger.progress_bar), out, run.model_id,
-                           eval_set, c.max_new_tokens, load_annotator(c.annotator_config), c.df_gamed, c.max_failed)
+                           eval_set, c.max_new_tokens, load_annotator(c.annotator_config), c.df_gamed,
+                           _max_failed(c.judge))
 
 
 def _arena_hard(run: _Run, out: Path) -> dict:
@@ -149,7 +155,7 @@ def _arena_hard(run: _Run, out: Path) -> dict:
         raise ValueError("eval.arena_hard.data: give a folder in arena-hard-auto's layout (question.jsonl, "
                          "model_answer/gpt-4-0314.jsonl, judge_config.yaml)")
     return run_arena_hard(run.generator().generate, _judge(c.judge, run.cfg.logger.progress_bar), out, run.model_id,
-                          c.data, c.judge_config, c.limit, c.max_new_tokens, c.max_failed, c.bootstrap_rounds)
+                          c.data, c.judge_config, c.limit, c.max_new_tokens, _max_failed(c.judge), c.bootstrap_rounds)
 
 
 def _humaneval(run: _Run, out: Path) -> dict:

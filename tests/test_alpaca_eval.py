@@ -134,24 +134,31 @@ def test_judged_run_resumes_without_paying_twice(official, annotator, tmp_path, 
     rows, _ = official
     eval_set = ae.load_eval_set(FIX / "annotations.json.gz")[:6]
     assert eval_set[0]["output"] == rows[0]["output_1"] and eval_set[0]["generator"] == "gpt4_1106_preview"
-    # the model repeats the baseline on instruction 2: a draw, no judge call
-    same = eval_set[2]
-    gen = lambda convs, p: [same["output"] if c[0]["content"] == same["instruction"] else "An answer."  # noqa: E731
-                            for c in convs]
+    asked = []
+
+    def gen(convs, params):  # repeats the baseline on instruction 2 (a draw, no judge call); 5 fails the first time
+        asked.extend(c[0]["content"] for c in convs)
+        return [eval_set[2]["output"] if c[0]["content"] == eval_set[2]["instruction"] else
+                None if c[0]["content"] == eval_set[5]["instruction"] and len(asked) <= 6 else "An answer."
+                for c in convs]
+
     monkeypatch.setenv("JUDGE_KEY", SECRET)
     seen = []
     with logprob_judge(seen) as server:
         judge = OpenAIChatClient(server.url + "/v1", "gpt-4-1106-preview", api_key_env="JUDGE_KEY", progress=False)
-        s = ae.run_alpaca_eval(gen, judge, tmp_path, "my-model", eval_set, annotator=annotator)
-        assert len(seen) == 5 and all(r["body"]["model"] == "gpt-4-1106-preview" for r in seen)
+        first = ae.run_alpaca_eval(gen, judge, tmp_path, "my-model", eval_set, annotator=annotator)
+        assert len(seen) == 4 and all(r["body"]["model"] == "gpt-4-1106-preview" for r in seen)
         assert seen[0]["body"]["max_tokens"] == 1 and seen[0]["body"]["top_logprobs"] == 5
+        assert first["n_failed_outputs"] == 1 and first["n_total"] == 5
+        s = ae.run_alpaca_eval(gen, judge, tmp_path, "my-model", eval_set, annotator=annotator)
+        assert asked[6:] == [eval_set[5]["instruction"]] and len(seen) == 5  # only what the first run missed
         ae.run_alpaca_eval(gen, judge, tmp_path, "my-model", eval_set, annotator=annotator)
-        assert len(seen) == 5  # everything came from annotations.json
+        assert len(asked) == 7 and len(seen) == 5  # everything from model_outputs.json and annotations.json
     saved = json.loads((tmp_path / "annotations.json").read_text())
     expected = [1.5 if i == 2 else (3 - 1.8 if ae.is_switched(r["instruction"]) else 1.8)
                 for i, r in enumerate(eval_set)]
     assert [r["preference"] for r in saved] == pytest.approx(expected)
-    assert s["n_judge_calls"] == 5 and s["n_draws"] == 1 and s["n_total"] == 6
+    assert s["n_judge_calls"] == 1 and s["n_draws"] == 1 and s["n_total"] == 6 and s["n_failed_outputs"] == 0
     assert s["win_rate"] == pytest.approx(100 * sum(p - 1 for p in expected) / 6)
     assert json.loads((tmp_path / "model_outputs.json").read_text())[0] == {
         "instruction": eval_set[0]["instruction"], "output": "An answer.", "generator": "my-model"}
