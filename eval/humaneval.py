@@ -39,8 +39,8 @@ FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)  # a reply cut off 
 TIMEOUT_S = 3.0
 
 
-class CodeExecutionRefused(RuntimeError):
-    pass
+class CodeExecutionRefused(ValueError):
+    """Model-written code would run without the opt-in. A ValueError, so launch.py prints it as one line."""
 
 
 def require_opt_in(allowed: bool, key: str) -> None:

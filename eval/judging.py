@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 
-class JudgeError(RuntimeError):
-    pass
+class JudgeError(ValueError):
+    """Too many judge requests failed. A ValueError, so launch.py prints it as one line."""
 
 
 def call_in_chunks(client, items: list, payload: Callable[[object], dict], answered: Callable[[object, dict], None],

@@ -58,7 +58,8 @@ def test_nemotron_chat_template_renders_like_recipes_chat(tiny):
 
 def test_loglikelihood_tasks_refuse_chat_endpoints_and_mbpp_needs_the_opt_in(tmp_path):
     lm = lh.make_lm(SimpleNamespace(kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env=None,
-                                    concurrency=1, max_retries=0, timeout_s=5), None, "chat-api")
+                                    concurrency=1, max_concurrency=1, max_retries=0, timeout_s=5), None,
+                      "chat-api")  # (max_concurrency: the clients branch's name for concurrency)
     with pytest.raises(ValueError, match="eval.mmlu.task=mmlu_generative"):
         lh.run_lm_eval(lh.MMLU, MMLUConfig(data=str(FIX / "mmlu.jsonl")), lm, tmp_path, chat=True, nemotron=False)
     from eval.humaneval import CodeExecutionRefused
