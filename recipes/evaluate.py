@@ -1,8 +1,10 @@
-"""Evaluation hooks: IFEval, MT-Bench and RewardBench on a checkpoint or an endpoint.
+"""Evaluation hooks on a checkpoint or an endpoint: IFEval, MT-Bench, RewardBench, AlpacaEval 2.0, Arena-Hard,
+MMLU, GSM8K, HumanEval and MBPP (eval/*.py, one module each; MMLU, GSM8K and MBPP run through lm-eval).
 
 `python launch.py stage=eval eval=[ifeval,mt_bench] eval.model=<checkpoint>` runs them
 standalone; `eval=[...]` on a training stage runs them on its final checkpoint. Results
 land in `<run dir>/eval/`: one folder per benchmark plus `results.json` and `results.md`.
+Judge-based benchmarks are skipped (with the reason in the results) when no judge endpoint is set.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from data_prep.jsonl import atomic_write_text
 log = logging.getLogger(__name__)
 
 
+BENCHMARKS = ("ifeval", "mt_bench", "reward_bench", "alpaca_eval", "arena_hard", "mmlu", "gsm8k", "humaneval", "mbpp")
+
+
 def enabled(cfg) -> list[str]:
-    return [name for name in ("ifeval", "mt_bench", "reward_bench") if cfg.eval[name].enabled]
+    return [name for name in BENCHMARKS if cfg.eval[name].enabled]
 
 
 def hf_client(model_dir, template: str, batch_size: int, progress: bool, key: str = "eval.model", **kwargs):
@@ -79,62 +84,150 @@ def make_generator(cfg, model_dir: Path | str | None, cache_dir: Path | None = N
     raise ValueError(f"eval.generator.kind must be hf, openai or nemo, got {g.kind!r}")
 
 
+class _Run:
+    """What the hooks of one run share, built when a hook first needs it: the generation client, lm-eval's
+    model, and for a checkpoint its model and tokenizer (loaded once for both)."""
+
+    def __init__(self, cfg, model_dir: Path | str | None, out_dir: Path):
+        self.cfg, self.model_dir, self.cache_dir = cfg, model_dir, out_dir / "request_cache"
+        self.model_id = Path(model_dir).parent.parent.name if model_dir else (cfg.eval.generator.model or "endpoint")
+        self._generator = self._lm = None
+
+    def generator(self):
+        if self._generator is None:
+            self._generator = make_generator(self.cfg, self.model_dir, self.cache_dir)
+        return self._generator
+
+    def template(self) -> str:
+        """How prompts reach the model: the checkpoint's template (models.resolve_template), or the endpoint's
+        own chat API."""
+        if self.cfg.eval.generator.kind != "hf":
+            return "chat-api"
+        return self.generator().template
+
+    def lm(self):
+        from eval.lm_harness import make_lm
+
+        if self._lm is None:
+            hf = self.generator() if self.cfg.eval.generator.kind == "hf" else None
+            self._lm = make_lm(self.cfg.eval.generator, self.model_dir, self.template(),
+                               model=hf.model if hf else None, tokenizer=hf.tokenizer if hf else None)
+        return self._lm
+
+
 def _resume(cfg) -> bool:
     """Reuse answers already in the output dir only for served models: an in-process checkpoint may have
     been retrained into the same run directory since."""
     return cfg.eval.generator.kind != "hf"
 
 
-def _ifeval(cfg, generator, out: Path) -> dict:
+def _judge(run: _Run, j, name: str):
+    from eval.clients import OpenAIChatClient
+
+    return OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env,
+                            **served_kwargs(j, run.cache_dir / f"{name}.jsonl", run.cfg.logger.progress_bar))
+
+
+def _no_judge(name: str, key: str) -> dict:
+    log.warning("%s skipped: set %s (an OpenAI-compatible judge endpoint)", name, key)
+    return {"skipped": f"no judge endpoint ({key})"}
+
+
+def _ifeval(run: _Run, out: Path) -> dict:
     from eval.clients import SamplingParams
     from eval.ifeval import load_prompts, run_ifeval
 
-    prompts = load_prompts(cfg.eval.ifeval.prompts, key="eval.ifeval.prompts")
-    if cfg.eval.ifeval.limit:
-        prompts = prompts[: cfg.eval.ifeval.limit]
-    params = SamplingParams(max_new_tokens=cfg.eval.ifeval.max_new_tokens, temperature=0.0)
-    return run_ifeval(generator.generate, prompts, params, out, resume=_resume(cfg))
+    c = run.cfg.eval.ifeval
+    prompts = load_prompts(c.prompts, key="eval.ifeval.prompts")
+    if c.limit:
+        prompts = prompts[: c.limit]
+    params = SamplingParams(max_new_tokens=c.max_new_tokens, temperature=0.0)
+    return run_ifeval(run.generator().generate, prompts, params, out, resume=_resume(run.cfg))
 
 
-def _mt_bench(cfg, generator, out: Path, model_id: str, cache_dir: Path) -> dict:
-    from eval.clients import OpenAIChatClient
+def _mt_bench(run: _Run, out: Path) -> dict:
     from eval.mt_bench import load_data, run_mt_bench
 
-    j = cfg.eval.mt_bench.judge
-    if not j.base_url:
-        log.warning("MT-Bench skipped: set eval.mt_bench.judge.base_url (an OpenAI-compatible judge endpoint)")
-        return {"skipped": "no judge endpoint (eval.mt_bench.judge.base_url)"}
-    judge = OpenAIChatClient(j.base_url, j.model, api_key_env=j.api_key_env,
-                             **served_kwargs(j, cache_dir / "judge.jsonl", cfg.logger.progress_bar))
-    data = load_data(cfg.eval.mt_bench.data)
-    if cfg.eval.mt_bench.limit:
-        data.questions = data.questions[: cfg.eval.mt_bench.limit]
-    return run_mt_bench(generator.generate, judge, out, model_id, data=data,
-                        max_new_tokens=cfg.eval.mt_bench.max_new_tokens, resume=_resume(cfg))
+    c = run.cfg.eval.mt_bench
+    if not c.judge.base_url:
+        return _no_judge("MT-Bench", "eval.mt_bench.judge.base_url")
+    data = load_data(c.data)
+    if c.limit:
+        data.questions = data.questions[: c.limit]
+    return run_mt_bench(run.generator().generate, _judge(run, c.judge, "judge"), out, run.model_id,
+                        data=data, max_new_tokens=c.max_new_tokens, resume=_resume(run.cfg))
 
 
-def _reward_bench(cfg, model_dir: Path, out: Path) -> dict:
+def _reward_bench(run: _Run, out: Path) -> dict:
     from eval.reward_bench import run_reward_bench
 
-    rb = cfg.eval.reward_bench
-    return run_reward_bench(str(model_dir), rb.data, str(out), list(rb.attribute_weights), rb.batch_size, rb.limit)
+    rb = run.cfg.eval.reward_bench
+    return run_reward_bench(str(run.model_dir), rb.data, str(out), list(rb.attribute_weights), rb.batch_size, rb.limit)
+
+
+def _alpaca_eval(run: _Run, out: Path) -> dict:
+    from eval.alpaca_eval import load_annotator, load_eval_set, run_alpaca_eval
+
+    c = run.cfg.eval.alpaca_eval
+    if not c.judge.base_url:
+        return _no_judge("AlpacaEval", "eval.alpaca_eval.judge.base_url")
+    eval_set = load_eval_set(c.eval_set)[: c.limit or None]
+    return run_alpaca_eval(run.generator().generate, _judge(run, c.judge, "judge_alpaca_eval"), out, run.model_id,
+                           eval_set, c.max_new_tokens, load_annotator(c.annotator_config), c.df_gamed,
+                           c.judge.max_failed_fraction)
+
+
+def _arena_hard(run: _Run, out: Path) -> dict:
+    from eval.arena_hard import run_arena_hard
+
+    c = run.cfg.eval.arena_hard
+    if not c.judge.base_url:
+        return _no_judge("Arena-Hard", "eval.arena_hard.judge.base_url")
+    if not c.data:
+        raise ValueError("eval.arena_hard.data: give a folder in arena-hard-auto's layout (question.jsonl, "
+                         "model_answer/gpt-4-0314.jsonl, judge_config.yaml)")
+    return run_arena_hard(run.generator().generate, _judge(run, c.judge, "judge_arena_hard"), out, run.model_id,
+                          c.data, c.judge_config, c.limit, c.max_new_tokens, c.judge.max_failed_fraction, c.bootstrap_rounds)
+
+
+def _humaneval(run: _Run, out: Path) -> dict:
+    from eval.humaneval import require_opt_in, run_humaneval
+
+    c = run.cfg.eval.humaneval
+    require_opt_in(c.allow_code_execution, "eval.humaneval.allow_code_execution=true")
+    return run_humaneval(run.generator(), out, c.allow_code_execution, c.mode, c.limit, c.max_new_tokens, c.timeout_s,
+                         c.problems)
+
+
+def _lm_eval(name: str):
+    """The hook of one lm-eval benchmark (mmlu, gsm8k, mbpp): its task through lm-eval's model of this run."""
+
+    def hook(run: _Run, out: Path) -> dict:
+        from eval.humaneval import require_opt_in
+        from eval.lm_harness import BENCHMARKS as LM_EVAL_BENCHMARKS
+        from eval.lm_harness import run_lm_eval
+
+        c = run.cfg.eval[name]
+        if name == "mbpp":
+            require_opt_in(c.allow_code_execution, "eval.mbpp.allow_code_execution=true")
+        template = run.template()
+        return run_lm_eval(LM_EVAL_BENCHMARKS[name], c, run.lm(), out, chat=c.apply_chat_template,
+                           nemotron=template == "nemotron", allow_unsafe=name == "mbpp" and c.allow_code_execution)
+
+    return hook
+
+
+HOOKS = {"ifeval": _ifeval, "mt_bench": _mt_bench, "reward_bench": _reward_bench, "alpaca_eval": _alpaca_eval,
+         "arena_hard": _arena_hard, "mmlu": _lm_eval("mmlu"), "gsm8k": _lm_eval("gsm8k"), "humaneval": _humaneval,
+         "mbpp": _lm_eval("mbpp")}
 
 
 def run_hooks(cfg, model_dir: Path | None, out_dir: Path) -> dict:
     """Run every enabled benchmark on `model_dir` (or the configured endpoint); save and return results."""
-    names = enabled(cfg)
+    run = _Run(cfg, model_dir, out_dir)
     results: dict = {}
-    generator = None
-    model_id = Path(model_dir).parent.parent.name if model_dir else (cfg.eval.generator.model or "endpoint")
-    for name in names:
-        out = out_dir / name
-        if name == "reward_bench":
-            results[name] = _reward_bench(cfg, model_dir, out)
-            continue
-        cache_dir = out_dir / "request_cache"
-        generator = generator or make_generator(cfg, model_dir, cache_dir)
-        results[name] = (_ifeval(cfg, generator, out) if name == "ifeval"
-                         else _mt_bench(cfg, generator, out, model_id, cache_dir))
+    for name in enabled(cfg):
+        results[name] = HOOKS[name](run, out_dir / name)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     return results
@@ -161,3 +254,4 @@ def run(cfg, run_dir: Path) -> Path:
     out = run_dir / "eval"
     run_hooks(cfg, model_dir, out)  # launch.py prints results.md at the end, as after a training stage
     return out
+

@@ -44,7 +44,7 @@ from recipes.config import REPO_ROOT
 
 DATA_STEPS = ("convert_helpsteer2", "convert_sdg", "concat")  # in-process, configured by `args`
 PREP_STAGES = ("prep_helpsteer2", "prep_sdg")  # launch.py stages whose outputs are files in one directory
-POLICY_STAGES = ("sft", "dpo", "rpo", "eval")  # they get IFEval (+ MT-Bench with a judge)
+POLICY_STAGES = ("sft", "dpo", "rpo", "eval")  # they get IFEval, MMLU, GSM8K (+ judged and code benchmarks)
 TRAINING_STAGES = ("sft", "rm", "dpo", "rpo")
 POLICY_TRAINING = ("sft", "dpo", "rpo")  # the last of them keeps a merged checkpoint; the others an adapter
 HASH_LIMIT = 4 << 30  # bytes: bigger inputs/outputs are identified by names, sizes and mtimes
@@ -311,7 +311,9 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
     hashed = read_config(kind, cfg)
     job.config_hash = text_hash(hashed)
     # The hooks' settings: the enabled benchmarks and, when one generates, the generator.
-    on = [b for b in ("ifeval", "mt_bench", "reward_bench") if cfg.eval[b].enabled]
+    from recipes.evaluate import BENCHMARKS
+
+    on = [b for b in BENCHMARKS if cfg.eval[b].enabled]
     evals = {b: OmegaConf.to_container(cfg.eval[b], resolve=True) for b in on}
     if set(on) - {"reward_bench"}:
         evals["generator"] = OmegaConf.to_container(cfg.eval.generator, resolve=True)
@@ -337,14 +339,19 @@ def read_config(kind: str, cfg) -> dict:
 
 
 def _eval_hooks(job: Job) -> None:
-    """Evaluation after the stage: IFEval on every policy, MT-Bench when a judge endpoint is set, RewardBench
-    on a reward model when its data is given (a local file, or eval.reward_bench.enabled in the overrides)."""
+    """Evaluation after the stage. On every policy: IFEval, MMLU and GSM8K (the report's per-stage table);
+    MT-Bench, AlpacaEval and Arena-Hard (with its data) when their judge endpoint is set; HumanEval and MBPP when
+    code execution is allowed. RewardBench on a reward model when its data is given (a local file, or
+    eval.reward_bench.enabled in the overrides)."""
     c = job.cfg
     if not job.spec.get("evaluate", True) or c.backend.name != "torch":
         return  # backend=nemo checkpoints are .nemo files: export them to HF first (stage=convert)
     on = []
     if job.kind in POLICY_STAGES:
-        on += ["ifeval"] + (["mt_bench"] if c.eval.mt_bench.judge.base_url else [])
+        on += ["ifeval", "mmlu", "gsm8k"]
+        on += [b for b in ("mt_bench", "alpaca_eval", "arena_hard") if c.eval[b].judge.base_url and
+               (b != "arena_hard" or c.eval.arena_hard.data)]
+        on += [b for b in ("humaneval", "mbpp") if c.eval[b].allow_code_execution]
     if job.kind == "rm" and Path(c.eval.reward_bench.data).is_file():
         on.append("reward_bench")
     for bench in on:

@@ -131,11 +131,25 @@ RANGES: dict[str, Range] = {
     "eval.reward_bench.batch_size": POSITIVE_INT,
     "eval.reward_bench.limit": ZERO_IS_ALL,
     "eval.reward_bench.attribute_weights": ANY,
+    "eval.alpaca_eval.max_new_tokens": POSITIVE_INT,
+    "eval.alpaca_eval.limit": ZERO_IS_ALL,
+    "eval.arena_hard.max_new_tokens": POSITIVE_INT,
+    "eval.arena_hard.limit": ZERO_IS_ALL,
+    "eval.arena_hard.bootstrap_rounds": POSITIVE_INT,
+    "eval.humaneval.max_new_tokens": POSITIVE_INT,
+    "eval.humaneval.limit": ZERO_IS_ALL,
+    "eval.humaneval.timeout_s": above(0),
+    "eval.mbpp.timeout_s": above(0),
     # backend=nemo
     "backend.nemo.tensor_model_parallel_size": POSITIVE_INT,
     "backend.nemo.pipeline_model_parallel_size": POSITIVE_INT,
 }
-for _client in ("eval.generator", "sdg.generator", "eval.mt_bench.judge"):  # every served client (ServedClientConfig)
+for _lm_eval in ("eval.mmlu", "eval.gsm8k", "eval.mbpp"):  # lm-eval's tasks
+    RANGES.update({f"{_lm_eval}.limit": ZERO_IS_ALL,
+                   f"{_lm_eval}.max_gen_toks": Range(1, sentinels=((0, "the task's own"),)),
+                   f"{_lm_eval}.num_fewshot": COUNT})
+for _client in ("eval.generator", "sdg.generator", "eval.mt_bench.judge", "eval.alpaca_eval.judge",
+                "eval.arena_hard.judge"):  # every served client (ServedClientConfig)
     RANGES.update({f"{_client}.max_concurrency": POSITIVE_INT, f"{_client}.timeout_s": above(0),
                    f"{_client}.max_retries": COUNT, f"{_client}.backoff_s": at_least(0),
                    f"{_client}.requests_per_minute": above(0), f"{_client}.max_failed_fraction": PROBABILITY})

@@ -15,19 +15,28 @@ from pathlib import Path
 
 from data_prep.jsonl import atomic_write_text, read_jsonl
 
-# Nemotron-4 340B report Table 6 (PAPER_FACTS.md §1.8): MT-Bench (GPT-4-Turbo judge), IFEval
-# prompt-strict and instruction-strict (%), after each alignment stage. A pipeline stage's `paper`
-# key says which row it stands for.
+# Nemotron-4 340B report Table 6 (PAPER_FACTS.md §1.8) after each alignment stage: MT-Bench (GPT-4-Turbo judge),
+# MMLU, GSM8K and HumanEval 0-shot, IFEval prompt-strict and instruction-strict (%). A pipeline stage's `paper` key
+# says which row it stands for.
 PAPER_STAGES = {
-    "code_sft": ("Code SFT", 6.79, 46.4, 53.8),
-    "general_sft": ("+ General SFT", 7.99, 61.4, 71.9),
-    "dpo": ("+ DPO", 7.90, 61.7, 72.7),
-    "rpo_1": ("+ RPO iter 1", 8.21, 78.2, 84.5),
-    "rpo_2": ("+ RPO iter 2", 8.31, 79.9, 86.1),
-    "rpo_3": ("+ RPO iter 3 (released)", 8.22, 79.9, 86.1),
+    "code_sft": ("Code SFT", dict(mt_bench=6.79, mmlu=72.2, gsm8k=77.6, humaneval=70.7, ifeval_p=46.4, ifeval_i=53.8)),
+    "general_sft": ("+ General SFT", dict(mt_bench=7.99, mmlu=78.3, gsm8k=87.9, humaneval=66.5, ifeval_p=61.4,
+                                          ifeval_i=71.9)),
+    "dpo": ("+ DPO", dict(mt_bench=7.90, mmlu=78.4, gsm8k=88.5, humaneval=67.1, ifeval_p=61.7, ifeval_i=72.7)),
+    "rpo_1": ("+ RPO iter 1", dict(mt_bench=8.21, mmlu=78.5, gsm8k=91.1, humaneval=70.7, ifeval_p=78.2, ifeval_i=84.5)),
+    "rpo_2": ("+ RPO iter 2", dict(mt_bench=8.31, mmlu=78.6, gsm8k=91.8, humaneval=68.3, ifeval_p=79.9, ifeval_i=86.1)),
+    # the released Nemotron-4-340B-Instruct; Table 5 adds Arena-Hard, AlpacaEval 2.0 LC and MBPP 0-shot for it
+    "rpo_3": ("+ RPO iter 3 (released)", dict(mt_bench=8.22, mmlu=78.7, gsm8k=92.3, humaneval=73.2, ifeval_p=79.9,
+                                              ifeval_i=86.1, arena_hard=54.2, alpaca_eval=41.5, mbpp=75.4)),
 }
 # Nemotron-4-340B-Reward on RewardBench (HelpSteer2 paper Table 3): overall, 0-100 (`paper: reward`).
 PAPER_REWARD_BENCH = 92.0
+# The per-stage benchmark table: (column, stage_row key, scale of our number to the paper's unit, digits).
+BENCH_COLUMNS = [("MT-Bench", "mt_bench", 1, 2), ("MMLU", "mmlu", 100, 1), ("GSM8K", "gsm8k", 100, 1),
+                 ("HumanEval", "humaneval", 100, 1), ("IFEval P-strict", "ifeval_p", 100, 1),
+                 ("IFEval I-strict", "ifeval_i", 100, 1), ("Arena-Hard", "arena_hard", 1, 1),
+                 ("AlpacaEval 2.0 LC", "alpaca_eval", 1, 1), ("MBPP", "mbpp", 100, 1),
+                 ("RewardBench", "reward_bench", 1, 1)]
 
 
 def _fmt(x, scale: float = 1.0, digits: int = 1) -> str:
@@ -82,6 +91,8 @@ def stage_row(name: str, e: dict) -> dict:
     m = e.get("metrics", {})
     ev, train = m.get("eval", {}), m.get("train", {})
     ife, mt, rb = ev.get("ifeval", {}), ev.get("mt_bench", {}), ev.get("reward_bench", {})
+    # headline numbers as the eval modules write them: fractions (lm-eval's, pass@1) or percentages (the judges')
+    lm = {b: ev.get(b, {}).get("score") for b in ("mmlu", "gsm8k", "mbpp")}
     return {
         "name": name, "stage": e.get("stage"), "status": e.get("status"), "seconds": e.get("seconds"),
         "cpu_seconds": e.get("cpu_seconds"),
@@ -89,26 +100,42 @@ def stage_row(name: str, e: dict) -> dict:
         "loss_last": train.get("loss_last"), "val_loss": train.get("val_loss"),
         "ifeval_p": ife.get("prompt_level_strict"), "ifeval_i": ife.get("instruction_level_strict"),
         "mt_bench": mt.get("average"),  # eval/mt_bench.py aggregate(): mean judge score, 1-10
-        "reward_bench": rb.get("overall"),
+        "reward_bench": rb.get("overall"), **lm, "humaneval": ev.get("humaneval", {}).get("pass@1"),
+        "arena_hard": ev.get("arena_hard", {}).get("score"),
+        "alpaca_eval": ev.get("alpaca_eval", {}).get("length_controlled_winrate"),
     }
 
 
 def stage_table(rows: list[dict]) -> list[str]:
     out = ["| stage | runs | status | time (s) | CPU (s) | steps | train loss (first -> last quarter) | val loss | "
-           "IFEval P-strict | IFEval I-strict | MT-Bench | RewardBench | paper stage | paper MT-Bench | "
-           "paper IFEval P-strict |",
-           "|" + "---|" * 15]
+           "paper stage |", "|" + "---|" * 9]
     for r in rows:
-        paper = PAPER_STAGES.get(r["paper"] or "")
-        pl, pmt, pif = (paper[0], f"{paper[1]:.2f}", f"{paper[2]:.1f}") if paper else ("", "", "")
-        if r["paper"] == "reward":
-            pl = f"Nemotron-4-340B-Reward (RewardBench {PAPER_REWARD_BENCH})"
         loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r["loss_first"] is not None else ""
         out.append(f"| {r['name']} | {r['stage']} | {r['status']} | {_fmt(r['seconds'], digits=0)} | "
-                   f"{_fmt(r['cpu_seconds'], digits=0)} | "
-                   f"{r['steps'] or ''} | {loss} | {_fmt(r['val_loss'], digits=3)} | {_fmt(r['ifeval_p'], 100)} | "
-                   f"{_fmt(r['ifeval_i'], 100)} | {_fmt(r['mt_bench'], digits=2)} | {_fmt(r['reward_bench'])} | "
-                   f"{pl} | {pmt} | {pif} |")
+                   f"{_fmt(r['cpu_seconds'], digits=0)} | {r['steps'] or ''} | {loss} | "
+                   f"{_fmt(r['val_loss'], digits=3)} | {_paper_label(r)} |")
+    return out
+
+
+def _paper_label(r: dict) -> str:
+    if r["paper"] == "reward":
+        return f"Nemotron-4-340B-Reward (RewardBench {PAPER_REWARD_BENCH})"
+    return PAPER_STAGES[r["paper"]][0] if r["paper"] in PAPER_STAGES else ""
+
+
+def bench_table(rows: list[dict]) -> list[str]:
+    """Every benchmark the report has, per stage: ours / the paper's (340B) where the stage maps to a paper row."""
+    out = ["| stage | paper stage | " + " | ".join(c for c, *_ in BENCH_COLUMNS) + " |",
+           "|" + "---|" * (len(BENCH_COLUMNS) + 2)]
+    for r in rows:
+        paper = dict(PAPER_STAGES[r["paper"]][1]) if r["paper"] in PAPER_STAGES else {}
+        if r["paper"] == "reward":
+            paper["reward_bench"] = PAPER_REWARD_BENCH
+        cells = []
+        for _, key, scale, digits in BENCH_COLUMNS:
+            ours, theirs = _fmt(r[key], scale, digits), f"{paper[key]:.{digits}f}" if key in paper else ""
+            cells.append(f"{ours or '-'} / {theirs}" if theirs else ours)
+        out.append(f"| {r['name']} | {_paper_label(r)} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -182,15 +209,19 @@ def plot_evals(rows: list[dict], path: Path) -> bool:
     ax = axes[0][0]
     for key, label in (("ifeval_p", "IFEval prompt-strict"), ("ifeval_i", "IFEval instruction-strict")):
         ax.plot(x, [None if r[key] is None else 100 * r[key] for r in rows], "o-", label=f"{label} (this run)")
-    paper = [PAPER_STAGES[r["paper"]][2] if r["paper"] in PAPER_STAGES else None for r in rows]
+    for key, label in (("mmlu", "MMLU"), ("gsm8k", "GSM8K"), ("humaneval", "HumanEval")):
+        if any(r[key] is not None for r in rows):
+            ax.plot(x, [None if r[key] is None else 100 * r[key] for r in rows], "^-", label=f"{label} (this run)")
+    paper = [PAPER_STAGES[r["paper"]][1]["ifeval_p"] if r["paper"] in PAPER_STAGES else None for r in rows]
     if any(p is not None for p in paper):
         ax.plot(x, paper, "s:", color="grey", label="IFEval prompt-strict (paper, 340B)")
-    ax.set(title="IFEval across stages", ylabel="%", ylim=(0, 100))
+    ax.set(title="Benchmarks across stages", ylabel="%", ylim=(0, 100))
     panels = [ax]
     if has_mt:
         ax2 = axes[0][1]
         ax2.plot(x, [r["mt_bench"] for r in rows], "o-", label="MT-Bench (this run)")
-        ax2.plot(x, [PAPER_STAGES[r["paper"]][1] if r["paper"] in PAPER_STAGES else None for r in rows], "s:",
+        paper_mt = [PAPER_STAGES[r["paper"]][1]["mt_bench"] if r["paper"] in PAPER_STAGES else None for r in rows]
+        ax2.plot(x, paper_mt, "s:",
                  color="grey", label="MT-Bench (paper, 340B)")
         ax2.set(title="MT-Bench across stages", ylim=(0, 10))
         panels.append(ax2)
@@ -218,10 +249,14 @@ def write_report(pdir: Path, manifest: dict) -> Path:
              f"Directory `{pdir}`, backend `{manifest.get('backend')}`; {done}/{len(rows)} stages done; "
              f"{total:.0f} s of stage time ({cpu:.0f} CPU s); updated {manifest.get('updated', '')}.", "",
              "## Stages", "",
-             "IFEval and MT-Bench are on this run's evaluation sets (the demo uses a small hand-written IFEval-format "
-             "set, not Google's 541 prompts), so they are not comparable with the paper's numbers, which are for "
-             "Nemotron-4 340B (report Table 6); those show the direction each stage moved them.", "",
-             *stage_table(rows), ""]
+             *stage_table(rows), "",
+             "## Benchmarks (ours / the paper's)", "",
+             "Ours are on this run's evaluation sets (the demo uses a few hand-written IFEval-, MMLU- and GSM8K-format "
+             "questions and HumanEval's first problems, not the full benchmarks), so they are not comparable with the "
+             "paper's numbers, which are for Nemotron-4 340B (report Table 6 per stage; Arena-Hard, AlpacaEval 2.0 "
+             "length-controlled and MBPP for the released model, Table 5); those show the direction each stage moved "
+             "them. MT-Bench 1-10, the others %; '-' not run (judged ones need a judge endpoint).", "",
+             *bench_table(rows), ""]
     images = []
     if plot_evals(rows, plots / "eval_across_stages.png"):
         images.append(("Evaluation across stages", "plots/eval_across_stages.png"))

@@ -111,7 +111,8 @@ def test_data_prep_on_a_real_full_disk_is_one_line_and_keeps_the_old_set(tmp_pat
     small = REPO / "tests" / "fixtures" / "data_prep" / "helpsteer2_4rows.jsonl"
     r = in_small_tmpfs("64k", f'$PY -m data_prep.helpsteer2 --input {small} --output-dir "$DISK/out" && '
                               'ls "$DISK/out" > "$DISK/../before" && '
-                              f'$PY -m data_prep.helpsteer2 --input {big} --output-dir "$DISK/out"; '
+                              # one response per prompt: no DPO pairs, by design (--allow-empty)
+                              f'$PY -m data_prep.helpsteer2 --input {big} --output-dir "$DISK/out" --allow-empty; '
                               'echo "rc=$?"; ls -a "$DISK/out"', tmp_path)
     assert "rc=2" in r.stdout, (r.stdout, r.stderr)
     (line,) = r.stderr.strip().splitlines()

@@ -18,7 +18,8 @@ from tests.test_sdg_generate import make_tiny_checkpoint
 STAGES = ["rm_data", "rm", "baseline", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1", "rpo_2"]
 # The demo preset on the tiny model, every stage shortened.
 SHORT = ("pipeline=demo", *TINY, "trainer.max_steps=2", "sdg.n_responses=2", "sdg.max_new_tokens=6",
-         "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4")
+         "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4", "eval.mmlu.limit=1", "eval.gsm8k.limit=1",
+         "eval.gsm8k.max_gen_toks=6", "eval.humaneval.limit=1", "eval.humaneval.max_new_tokens=6")
 
 
 def run(pdir, base, *extra, change=None):
@@ -137,6 +138,8 @@ def test_manifest_records_config_inputs_outputs_timings_metrics(history):
     # Eval after each stage: IFEval on the policies, RewardBench on the RM.
     for name in ("baseline", "sft", "dpo", "rpo_1", "rpo_2"):
         assert s[name]["metrics"]["eval"]["ifeval"]["n_prompts"] == 4
+        assert s[name]["metrics"]["eval"]["mmlu"]["n_samples"] == 3  # limit 1 per subject, 3 subjects
+        assert s[name]["metrics"]["eval"]["humaneval"]["n_problems"] == 1 and "gsm8k" in s[name]["metrics"]["eval"]
     assert "overall" in s["rm"]["metrics"]["eval"]["reward_bench"]
     assert s["sft"]["metrics"]["train"]["steps"] == 2 and "val_loss" in s["sft"]["metrics"]["train"]
     assert s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 1
@@ -148,8 +151,8 @@ def test_report_has_table_paper_numbers_counts_and_plots(history):
     assert history["report"] == pdir / "report.md"
     text = history["report"].read_text()
     assert "| stage | runs | status |" in text and "| IFEval P-strict |" in text.replace(" IFEval I-strict |", "")
-    assert "| sft | sft | done |" in text and "| + General SFT | 7.99 | 61.4 |" in text
-    assert "| + RPO iter 2 | 8.31 | 79.9 |" in text and "RewardBench 92.0" in text
+    assert "| sft | sft | done |" in text and "| sft | + General SFT | - / 7.99 | " in text and " / 78.3 | " in text
+    assert "| rpo_2 | + RPO iter 2 | - / 8.31 | " in text and " / 79.9 | " in text and "RewardBench 92.0" in text
     assert "## Data at each filter" in text and "| train_dpo.jsonl | 12 |" in text
     for png in ("eval_across_stages.png", "train_rm.png", "train_sft.png", "train_dpo.png", "train_rpo_2.png"):
         assert (pdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
