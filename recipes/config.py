@@ -200,8 +200,11 @@ class AnnotateConfig:
 
     input_file: Optional[str] = None
     output_file: Optional[str] = None
-    reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm
-    batch_size: int = 8
+    # a checkpoint directory written by stage=rm, or an endpoint: http(s)://host:port/v1 (stage=rm_serve,
+    # NVIDIA's API for nvidia/nemotron-4-340b-reward, a NIM)
+    reward_model: Optional[str] = None
+    batch_size: int = 8  # responses scored (checkpoint) or sent (endpoint) per appended chunk
+    endpoint: RewardEndpointConfig = field(default_factory=lambda: RewardEndpointConfig())  # defined below
 
 
 @dataclass
@@ -266,6 +269,15 @@ class ServedClientConfig:
     requests_per_minute: Optional[float] = None  # null: no rate limit
     cache: bool = True  # replies cached on disk in the output dir (request_cache/): a rerun asks nothing twice
     max_failed_fraction: float = 0.05  # failed requests are counted; the run stops once more than this failed
+
+
+@dataclass
+class RewardEndpointConfig(ServedClientConfig):
+    """A reward model served over HTTP (`*.reward_model=http://host:port/v1`): the OpenAI-compatible reward
+    API of Nemotron-4-340B-Reward (eval/reward_client.py, docs/sdg.md). A served RM scores the requests in
+    flight together: raise max_concurrency (8-64)."""
+
+    model: str = "nvidia/nemotron-4-340b-reward"  # the served model name sent in each request
 
 
 @dataclass
@@ -344,6 +356,82 @@ class SDGGenerateConfig:
 
 
 @dataclass
+class SDGPromptsConfig:
+    """stage=sdg_prompts: synthetic prompts from topics, documents and keywords (recipes/sdg_prompts.py,
+    docs/sdg.md). Counts are per topic / document / keyword; 0 turns a part off."""
+
+    tasks: List[str] = field(default_factory=lambda: ["open_qa", "writing", "closed_qa", "math", "python",
+                                                      "instruction_following", "two_turn"])
+    topics: Optional[str] = None  # a text file (one topic a line) or JSONL {"topic"}
+    n_macro_topics: int = 0  # macro topics the generator adds to yours
+    n_subtopics: int = 3  # subtopics per topic (topics = yours + macro + their subtopics)
+    n_open_qa: int = 3  # open Q&A questions per topic
+    n_writing: int = 2  # writing tasks per topic
+    refine: bool = True  # a second call makes each open Q&A / writing prompt more detailed and specific
+    documents: Optional[str] = None  # closed Q&A: JSONL {"id", "text"} or a text file of blank-line-separated documents
+    n_closed_qa: int = 3  # instructions per document
+    math_keywords: Optional[str] = None  # a file, one keyword a line; null: the shipped data/sdg/math_keywords.txt
+    python_keywords: Optional[str] = None  # null: the shipped data/sdg/python_keywords.txt
+    max_keywords: int = 0  # use only the first N keywords of each list (0: all)
+    n_math: int = 2  # problems per math keyword
+    n_python: int = 2  # tasks per Python keyword
+    n_instruction_following: int = 8  # prompts with IFEval instructions, built on open Q&A / writing prompts
+    if_variants: List[str] = field(default_factory=lambda: ["single", "all_turns", "revise"])  # in turn
+    max_instructions: int = 2  # 1..this many instructions per prompt
+    n_two_turn: int = 4  # User -> generated Assistant -> generated User prompts
+    model: Optional[str] = None  # checkpoint for generator.kind=hf; null: the configured model
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    templates: Dict[str, str] = field(default_factory=dict)  # name -> text, over recipes/sdg_templates.py
+    templates_file: Optional[str] = None  # YAML/JSON mapping name -> text
+    near_duplicate_threshold: float = 0.6  # word 3-gram Jaccard that makes a near duplicate; 0: off
+    decontaminate: List[str] = field(default_factory=list)  # eval prompt files (IFEval, MT-Bench, RewardBench)
+    ngram: int = 13  # decontamination n-gram size (words)
+    output_file: Optional[str] = None  # default <run dir>/prompts.jsonl
+
+
+@dataclass
+class SDGDialogueConfig:
+    """stage=sdg_dialogue: multi-turn dialogues by role-play, scored by a reward model, kept above a
+    threshold -> NeMo SFT chat JSONL (recipes/sdg_dialogue.py)."""
+
+    prompts: Optional[str] = None  # first user turns: a JSONL of {"prompt"} rows (stage=sdg_prompts output)
+    limit: int = 0  # 0: every prompt
+    turns: int = 3  # assistant turns per dialogue (the report's dialogues have three)
+    personas: List[str] = field(default_factory=list)  # user personalities; empty: recipes/sdg_templates.PERSONAS
+    system: str = ""  # system prompt of the SFT rows
+    model: Optional[str] = None  # checkpoint for generator.kind=hf; null: the configured model
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # the report samples dialogues greedily
+    top_p: float = 1.0
+    templates: Dict[str, str] = field(default_factory=dict)
+    templates_file: Optional[str] = None
+    reward_model: Optional[str] = None  # a stage=rm checkpoint or an endpoint URL (as annotate.reward_model)
+    endpoint: RewardEndpointConfig = field(default_factory=RewardEndpointConfig)
+    batch_size: int = 8  # RM scoring batch (checkpoint) or requests per chunk (endpoint)
+    dialogue_reward: str = "min"  # min | mean | last over the assistant turns' rewards (our choice: min)
+    min_reward: Optional[float] = None  # keep dialogues whose reward reaches this; null: keep all (scored)
+    output_file: Optional[str] = None  # default <run dir>/dialogues.jsonl
+
+
+@dataclass
+class RMServeConfig:
+    """stage=rm_serve: serve a stage=rm checkpoint over Nemotron-4-340B-Reward's OpenAI-compatible API
+    (recipes/rm_serve.py, docs/sdg.md)."""
+
+    reward_model: Optional[str] = None  # the checkpoint directory
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept other machines
+    port: int = 1424  # NeMo-Aligner's serve_reward_model.py example port; 0 picks a free one
+    served_model_name: Optional[str] = None  # null: accept any `model` in requests
+    batch_size: int = 8  # requests in flight are scored together, up to this many
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_requests: int = 0  # stop after this many requests (smoke runs); 0: serve until interrupted
+
+
+@dataclass
 class PipelineStageConfig:
     """One stage of a pipeline (conf/pipeline/*.yaml, docs/pipeline.md)."""
 
@@ -396,6 +484,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     sdg: SDGGenerateConfig = field(default_factory=SDGGenerateConfig)
+    sdg_prompts: SDGPromptsConfig = field(default_factory=SDGPromptsConfig)
+    sdg_dialogue: SDGDialogueConfig = field(default_factory=SDGDialogueConfig)
+    rm_serve: RMServeConfig = field(default_factory=RMServeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dry_run: bool = False  # print what would run (backend=nemo: the command and sbatch script) and stop
     seed: int = 1234
@@ -438,6 +529,9 @@ CHOICES = {
     "model.regression.loss_func": ("regression", "regular_bt", "margin_bt", "scaled_bt"),
     "eval.generator.kind": ("hf", "openai", "nemo"),
     "sdg.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_prompts.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_dialogue.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_dialogue.dialogue_reward": ("min", "mean", "last"),
     "steer.vocabulary": ("auto", "nemotron3_17", "helpsteer2_5", "steerlm_9"),
     **NEMO_CHOICES,  # executor.*, backend.nemo.convert.*
 }
@@ -460,6 +554,37 @@ def validate(cfg) -> list[str]:
         problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)} (backend={cfg.backend.name})")
     if cfg.model.global_batch_size < 1 or cfg.model.micro_batch_size < 1:
         problems.append("model.global_batch_size and model.micro_batch_size must be >= 1")
+    problems += sdg_range_problems(cfg)
+    return problems
+
+
+def sdg_range_problems(cfg) -> list[str]:
+    """Range checks of the SDG stages' numeric keys (sdg_prompts, sdg_dialogue, rm_serve, annotate)."""
+    problems = []
+    p, d, r = cfg.sdg_prompts, cfg.sdg_dialogue, cfg.rm_serve
+    for key in ("n_macro_topics", "n_subtopics", "n_open_qa", "n_writing", "n_closed_qa", "max_keywords", "n_math",
+                "n_python", "n_instruction_following", "n_two_turn"):
+        if p[key] < 0:
+            problems.append(f"sdg_prompts.{key}={p[key]} must be >= 0")
+    if p.max_instructions < 1:
+        problems.append(f"sdg_prompts.max_instructions={p.max_instructions} must be >= 1")
+    if not 0 <= p.near_duplicate_threshold <= 1:
+        problems.append(f"sdg_prompts.near_duplicate_threshold={p.near_duplicate_threshold} must be in [0, 1]")
+    for node, name in ((p, "sdg_prompts"), (d, "sdg_dialogue")):
+        if node.max_new_tokens < 1:
+            problems.append(f"{name}.max_new_tokens={node.max_new_tokens} must be >= 1")
+        if node.temperature < 0:
+            problems.append(f"{name}.temperature={node.temperature} must be >= 0")
+    if d.turns < 1:
+        problems.append(f"sdg_dialogue.turns={d.turns} must be >= 1")
+    if d.batch_size < 1 or cfg.annotate.batch_size < 1:
+        problems.append("sdg_dialogue.batch_size and annotate.batch_size must be >= 1")
+    if r.batch_size < 1:
+        problems.append(f"rm_serve.batch_size={r.batch_size} must be >= 1")
+    if not 0 <= r.port <= 65535:
+        problems.append(f"rm_serve.port={r.port} must be in [0, 65535]")
+    if r.max_wait_ms < 0 or r.max_requests < 0:
+        problems.append("rm_serve.max_wait_ms and rm_serve.max_requests must be >= 0")
     return problems
 
 

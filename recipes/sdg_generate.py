@@ -108,19 +108,22 @@ def base_checkpoint(model_cfg, convert: bool = True) -> str | None:
     return None
 
 
-def make_client(cfg, cache_dir: Path | None = None):
-    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`; a served
-    generator caches its replies in `cache_dir`."""
+def make_client(cfg, cache_dir: Path | None = None, gen=None, model: str | None = None, key: str = "sdg"):
+    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator` (or the
+    GeneratorConfig `gen` with checkpoint `model`, for the stages named by `key`: sdg_prompts, sdg_dialogue);
+    a served generator caches its replies in `cache_dir`."""
     from recipes.evaluate import make_generator
 
-    g = cfg.sdg.generator
+    g = cfg.sdg.generator if gen is None else gen
+    model = cfg.sdg.model if gen is None else model
     model_dir = None
     if g.kind == "hf":
-        model_dir = cfg.sdg.model or base_checkpoint(cfg.model)
+        model_dir = model or base_checkpoint(cfg.model)
         if not model_dir:
-            raise ValueError("stage=sdg_generate with sdg.generator.kind=hf needs sdg.model (a checkpoint directory)")
+            raise ValueError(f"stage={cfg.stage.name} with {key}.generator.kind=hf needs {key}.model "
+                             "(a checkpoint directory)")
         if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"sdg.model: no checkpoint directory at {model_dir}")
+            raise FileNotFoundError(f"{key}.model: no checkpoint directory at {model_dir}")
     gen_cfg = OmegaConf.merge(cfg, {"eval": {"generator": OmegaConf.to_container(g)}})
     client = make_generator(gen_cfg, Path(model_dir) if model_dir else None, cache_dir)
     name = g.model if g.kind != "hf" else Path(model_dir).name
@@ -137,7 +140,9 @@ def done_keys(path: Path) -> set[str]:
 
 
 def record(row: dict, texts: list[str], model: str) -> dict:
-    out = {k: row[k] for k in ("id", "category", "system", "prompt", "conversations") if k in row}
+    # IFEval instructions and provenance (stage=sdg_prompts) travel with the prompt.
+    out = {k: row[k] for k in ("id", "category", "system", "prompt", "conversations", "instruction_id_list",
+                               "kwargs", "provenance") if k in row}
     out["responses"] = [{"text": t, "model": model} for t in texts]
     return out
 

@@ -1,0 +1,145 @@
+"""Helpers shared by the SDG stages (sdg_prompts, sdg_dialogue): reading a generator's lists, cleaning
+single answers and dialogue turns, and a reply cache for the in-process generator.
+
+Generators answer list requests in every layout: "1. ...", "1) ...", "- ...", "* ...", "**Title**: ...",
+with a preamble ("Here are five questions:") and a closing remark ("I hope this helps!"). `parse_list`
+keeps the items and drops the rest; an output with no usable item is *unparseable* (the stages count it
+and write it to their rejects file). The HTTP clients cache their replies themselves (eval/request_pool.py);
+`CachedGenerator` gives the in-process HF model the same: a killed run re-asks only what it had not got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from eval.request_pool import RequestCache, request_key
+
+# "1.", "1)", "(1)", "#1", "Question 1:", "Task 2 -", bullets, and markdown bold around any of them.
+_MARKER = re.compile(r"^\s*(?:[-*•·]+\s+|\(?#?\d{1,3}[.):\]]\s*|(?:question|task|problem|prompt|topic|"
+                     r"subtopic|instruction)\s*#?\d{1,3}\s*[:.)-]\s*)", re.IGNORECASE)
+_BOLD = re.compile(r"^\*\*(.+?)\*\*\s*[:.-]?\s*")
+_QUOTES = "\"'“”‘’`"
+# Lines that talk about the list instead of being an item of it.
+_CHATTER = re.compile(r"^(?:sure|certainly|of course|here (?:are|is)|below (?:are|is)|okay|ok|i hope|let me know|"
+                      r"these (?:questions|tasks|problems|topics)|note:|feel free)\b", re.IGNORECASE)
+MIN_ITEM_CHARS, MAX_ITEM_CHARS = 8, 2000
+
+
+def clean_item(line: str) -> str:
+    """One list line without its numbering, bullet, bold wrapper and surrounding quotes."""
+    text = line.strip()
+    for _ in range(2):  # "1. **Title**: text", "- 1) text"
+        text = _MARKER.sub("", text, count=1).strip()
+        bold = _BOLD.match(text)
+        if bold and text[bold.end():].strip():
+            text = text[bold.end():].strip() if len(bold.group(1)) < 60 else bold.group(1) + " " + text[bold.end():]
+        elif bold:
+            text = bold.group(1).strip()
+    return text.strip().strip(_QUOTES).strip()
+
+
+def parse_list(text: str, max_items: int | None = None) -> list[str]:
+    """The items of a generated list, in order, without duplicates; [] when there is none.
+
+    Items are the marked lines (numbered or bulleted) when any line is marked, else every line; a
+    preamble or closing line (`Here are ...:`, `I hope this helps`) and lines too short or too long to be
+    a prompt are dropped. A marked item may continue on the following unmarked lines.
+    """
+    lines = [ln for ln in (text or "").replace("\r\n", "\n").split("\n") if ln.strip()]
+    marked = [bool(_MARKER.match(ln)) for ln in lines]
+    items: list[str] = []
+    if any(marked):
+        current = None
+        for ln, is_item in zip(lines, marked):
+            if is_item:
+                if current is not None:
+                    items.append(current)
+                current = clean_item(ln)
+            elif current is not None and not _CHATTER.match(ln.strip()) and not ln.rstrip().endswith(":"):
+                current = f"{current} {ln.strip()}"  # a wrapped item
+        if current is not None:
+            items.append(current)
+    else:
+        items = [clean_item(ln) for ln in lines]
+    out, seen = [], set()
+    for item in items:
+        key = " ".join(item.lower().split())
+        if (len(item) < MIN_ITEM_CHARS or len(item) > MAX_ITEM_CHARS or key in seen or _CHATTER.match(item)
+                or item.endswith(":")):
+            continue
+        seen.add(key)
+        out.append(item)
+    return out[:max_items] if max_items else out
+
+
+def parse_single(text: str) -> str | None:
+    """A one-item answer (a refined question, a follow-up user turn): the text without a preamble line,
+    labels like "Revised question:" and quotes; None when nothing usable is left."""
+    lines = [ln.strip() for ln in (text or "").strip().split("\n") if ln.strip()]
+    while lines and (_CHATTER.match(lines[0]) or lines[0].endswith(":")) and len(lines) > 1:
+        lines = lines[1:]  # "Sure! Here is the revised question:"
+    body = " ".join(lines) if len(lines) <= 3 else "\n".join(lines)
+    body = re.sub(r"^(?:revised|refined|new|rewritten|improved|follow-up)?\s*(?:question|task|prompt|"
+                  r"request|message|reply)\s*:\s*", "", body, flags=re.IGNORECASE)
+    body = clean_item(body) if "\n" not in body else body.strip().strip(_QUOTES).strip()
+    return body if MIN_ITEM_CHARS <= len(body) <= MAX_ITEM_CHARS else None
+
+
+# Polite closers a role-played user ends with; the report strips phrases like "Thank you ..." from user turns.
+_CLOSER = re.compile(r"(?:^|(?<=[.!?]))\s*(?:thanks?(?: you)?(?: so much| very much| a lot)?|"
+                     r"i appreciate (?:it|your help|that)|much appreciated|cheers)\b[^.!?]*[.!?]*\s*$",
+                     re.IGNORECASE)
+_LEADING_THANKS = re.compile(r"^\s*(?:thanks?(?: you)?(?: so much| very much| a lot)?(?: for [^.!?]*)?[.!,]\s*)+",
+                             re.IGNORECASE)
+
+
+def strip_polite(text: str) -> str:
+    """A user turn without leading and trailing thanks ("Thank you! Could you ..." -> "Could you ...")."""
+    out = text.strip()
+    for _ in range(3):
+        new = _CLOSER.sub("", _LEADING_THANKS.sub("", out)).strip()
+        if new == out:
+            break
+        out = new
+    return out
+
+
+# ---------------------------------------------------------------- a reply cache for the HF generator
+def checkpoint_identity(model_dir: str | Path) -> str:
+    """The checkpoint's path and its weight files' names, sizes and mtimes: a checkpoint retrained into
+    the same directory gets new answers, an untouched one reuses its cached ones."""
+    d = Path(model_dir).resolve()
+    files = sorted(p for p in d.glob("*.safetensors")) if d.is_dir() else []
+    sig = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return hashlib.blake2b(json.dumps([str(d), sig]).encode(), digest_size=12).hexdigest()
+
+
+class CachedGenerator:
+    """`generate(conversations, params)` whose replies are cached on disk (eval/request_pool.RequestCache),
+    keyed by the generator's identity, the conversation, the sampling settings and the occurrence of that
+    request in the call. Only the misses reach the wrapped generator, in one call (so it batches them)."""
+
+    def __init__(self, generate, cache_file: str | Path, identity: str):
+        self._generate, self.identity = generate, identity
+        self.cache = RequestCache(cache_file)
+
+    def generate(self, conversations: list, params) -> list:
+        seen: dict[str, int] = {}
+        keys = []
+        for conv in conversations:
+            body = {"messages": conv, "params": asdict(params)}
+            text = json.dumps(body, sort_keys=True)
+            keys.append(request_key(self.identity, body, seen.get(text, 0)))
+            seen[text] = seen.get(text, 0) + 1
+        out = [self.cache.get(k) for k in keys]
+        todo = [i for i, hit in enumerate(out) if hit is None]
+        if todo:
+            for i, reply in zip(todo, self._generate([conversations[i] for i in todo], params)):
+                out[i] = reply
+                if reply is not None:
+                    self.cache.put(keys[i], reply)
+        return out
