@@ -378,6 +378,8 @@ class SDGPromptsConfig:
     n_instruction_following: int = 8  # prompts with IFEval instructions, built on open Q&A / writing prompts
     if_variants: List[str] = field(default_factory=lambda: ["single", "all_turns", "revise"])  # in turn
     max_instructions: int = 2  # 1..this many instructions per prompt
+    # IFEval instruction ids never drawn (Tamil or Korean answers are beyond small generators)
+    if_exclude: List[str] = field(default_factory=lambda: ["language:response_language"])
     n_two_turn: int = 4  # User -> generated Assistant -> generated User prompts
     model: Optional[str] = None  # checkpoint for generator.kind=hf; null: the configured model
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

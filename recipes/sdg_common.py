@@ -21,28 +21,24 @@ from eval.request_pool import RequestCache, request_key
 # "1.", "1)", "(1)", "#1", "Question 1:", "Task 2 -", bullets, and markdown bold around any of them.
 _MARKER = re.compile(r"^\s*(?:[-*•·]+\s+|\(?#?\d{1,3}[.):\]]\s*|(?:question|task|problem|prompt|topic|"
                      r"subtopic|instruction)\s*#?\d{1,3}\s*[:.)-]\s*)", re.IGNORECASE)
-_BOLD = re.compile(r"^\*\*(.+?)\*\*\s*[:.-]?\s*")
 _QUOTES = "\"'“”‘’`"
 # Lines that talk about the list instead of being an item of it.
 _CHATTER = re.compile(r"^(?:sure|certainly|of course|here (?:are|is)|below (?:are|is)|okay|ok|i hope|let me know|"
-                      r"these (?:questions|tasks|problems|topics)|note:|feel free)\b", re.IGNORECASE)
+                      r"these (?:questions|tasks|problems|topics)|note:|feel free|i'?m sorry|sorry|i cannot|i can'?t|"
+                      r"as an ai)\b", re.IGNORECASE)
 MIN_ITEM_CHARS, MAX_ITEM_CHARS = 8, 2000
 
 
 def clean_item(line: str) -> str:
-    """One list line without its numbering, bullet, bold wrapper and surrounding quotes."""
+    """One list line without its numbering, bullet, markdown bold and surrounding quotes
+    ("1. **Soil**: keeping it rich" -> "Soil: keeping it rich")."""
     text = line.strip()
-    for _ in range(2):  # "1. **Title**: text", "- 1) text"
-        text = _MARKER.sub("", text, count=1).strip()
-        bold = _BOLD.match(text)
-        if bold and text[bold.end():].strip():
-            text = text[bold.end():].strip() if len(bold.group(1)) < 60 else bold.group(1) + " " + text[bold.end():]
-        elif bold:
-            text = bold.group(1).strip()
+    for _ in range(2):  # "- 1) text", "1. **2.** text"
+        text = _MARKER.sub("", text.replace("**", ""), count=1).strip()
     return text.strip().strip(_QUOTES).strip()
 
 
-def parse_list(text: str, max_items: int | None = None) -> list[str]:
+def parse_list(text: str, max_items: int | None = None, min_chars: int = MIN_ITEM_CHARS) -> list[str]:
     """The items of a generated list, in order, without duplicates; [] when there is none.
 
     Items are the marked lines (numbered or bulleted) when any line is marked, else every line; a
@@ -68,7 +64,7 @@ def parse_list(text: str, max_items: int | None = None) -> list[str]:
     out, seen = [], set()
     for item in items:
         key = " ".join(item.lower().split())
-        if (len(item) < MIN_ITEM_CHARS or len(item) > MAX_ITEM_CHARS or key in seen or _CHATTER.match(item)
+        if (len(item) < min_chars or len(item) > MAX_ITEM_CHARS or key in seen or _CHATTER.match(item)
                 or item.endswith(":")):
             continue
         seen.add(key)

@@ -43,7 +43,7 @@ from data_prep.jsonl import RowError, atomic_write_text, read_jsonl, write_jsonl
 from data_prep.near_dup import NEAR_DUPLICATE, NearDuplicates
 from data_prep.report import Report
 from recipes.config import REPO_ROOT
-from recipes.sdg_common import CachedGenerator, checkpoint_identity, parse_list, parse_single
+from recipes.sdg_common import MIN_ITEM_CHARS, CachedGenerator, checkpoint_identity, parse_list, parse_single
 from recipes.sdg_instructions import draw_instructions
 from recipes.sdg_templates import load_templates, render
 
@@ -63,6 +63,9 @@ class Candidate:
     turns: list  # [(role, text)], ending with a User turn
     provenance: dict
     extra: dict = field(default_factory=dict)  # instruction_id_list, kwargs
+    # The synthetic text that decontamination checks: IFEval's own instruction texts (which every IFEval
+    # prompt shares) are left out of it. None: every user turn.
+    plain: str | None = None
 
     @property
     def text(self) -> str:
@@ -142,7 +145,8 @@ class Asker:
         """Parsed replies: a list of items per request ([] when unparseable), or one text (None)."""
         out = []
         for (name, f), reply in zip(requests, self.texts(requests)):
-            value = None if reply is None else (parse_single(reply) if single else parse_list(reply, f.get("n")))
+            short = 2 if name in ("macro_topics", "subtopics") else MIN_ITEM_CHARS  # a topic may be one word
+            value = None if reply is None else (parse_single(reply) if single else parse_list(reply, f.get("n"), short))
             if reply is not None and not value:
                 self._bad(UNPARSEABLE, name, reply)
             elif reply is not None:
@@ -216,7 +220,7 @@ def base_candidates(s, ask: Asker, prov, topics) -> list[Candidate]:
         doc = p.pop("_doc", None)
         for item in items:
             text = render(ask.templates, "closed_qa_prompt", document=doc, instruction=item) if doc else item
-            out.append(Candidate(task, [("User", text)], dict(p)))
+            out.append(Candidate(task, [("User", text)], {**p, "templates": list(p["templates"])}))
     return out
 
 
@@ -245,7 +249,7 @@ def derived_candidates(s, ask: Asker, prov, pool: list[Candidate], rng: random.R
         variant = s.if_variants[i % len(s.if_variants)]
         base, other = rng.choice(pool), rng.choice(pool)
         ids, kwargs, text = draw_instructions(rng, base.text, rng.randint(1, s.max_instructions),
-                                              multi_turn=variant != "single")
+                                              exclude=s.if_exclude, multi_turn=variant != "single")
         plans.append(("instruction_following", variant, base, other, ids, kwargs, text))
     plans += [("two_turn", None, rng.choice(pool), None, None, None, None) for _ in range(n_two)]
 
@@ -285,7 +289,8 @@ def derived_candidates(s, ask: Asker, prov, pool: list[Candidate], rng: random.R
         p = prov(task, topic=base.provenance.get("topic"), templates=tpl, base_task=base.task,
                  **({"variant": variant} if variant else {}))
         extra = {"instruction_id_list": ids, "kwargs": kwargs} if ids is not None else {}
-        out.append(Candidate(task, turns, p, extra))
+        plain = None if task == "two_turn" else "\n".join([base.text] + ([other.text] if variant == "all_turns" else []))
+        out.append(Candidate(task, turns, p, extra, plain))
     return out
 
 
@@ -298,7 +303,7 @@ def keep(cands: list[Candidate], filters: Filters, near: NearDuplicates | None, 
         name = f"prompts.jsonl [{c.task}]"
         report.output(name, "prompt").rows_in += 1
         row = c.row(0)
-        why = filters.prompt_reason(c.text, prompt_key(row))
+        why = filters.prompt_reason(c.plain or c.text, prompt_key(row))
         if why is None and near is not None and c.task in BASE_TASKS:
             hit = near.check(c.text, c.text[:60])
             why = (NEAR_DUPLICATE, hit) if hit else None
@@ -348,6 +353,8 @@ def run(cfg, run_dir: Path) -> Path:
         raise ValueError(f"sdg_prompts: no prompt passed parsing and the filters ({run_dir / 'report.json'}, "
                          f"{run_dir / 'rejects.jsonl'}); check the generator's replies there")
     n = write_jsonl(output, [c.row(i + 1) for i, c in enumerate(kept)])
+    for c in report.outputs.values():
+        c.lines = c.rows_out  # one line per prompt, all in one file
     report.notes.append(f"{ask.requests} generator requests; {len(topics)} topics; {n} prompts -> {output}")
     report.write(run_dir)
     by_task = {t: sum(c.task == t for c in kept) for t in TASKS}
