@@ -20,7 +20,8 @@ output with no item is counted as `unparseable_output` and written to rejects.js
 Prompts then pass the filters of data_prep (empty, exact duplicate, near duplicate, decontamination
 against `decontaminate` eval files), each drop counted per task in report.json.
 
-Output: `<run dir>/prompts.jsonl` (or `sdg_prompts.output_file`), rows that stage=sdg_generate reads:
+Output: `<run dir>/prompts.jsonl` (or `sdg_prompts.output_file`), rows that stage=sdg_generate reads, one
+task after the other in turn (so `sdg.limit=N` takes the first N across every task):
 
     {"id": "sdgp-00001", "category": "open_qa", "prompt": "...",
      "provenance": {"task": "open_qa", "topic": "...", "templates": ["subtopics", "open_qa", "refine_open_qa"],
@@ -315,6 +316,12 @@ def keep(cands: list[Candidate], filters: Filters, near: NearDuplicates | None, 
     return kept
 
 
+def interleave(cands: list[Candidate]) -> list[Candidate]:
+    """One prompt of each task in turn (TASKS order), so the first N rows (`sdg.limit=N`) cover every task."""
+    by = [[c for c in cands if c.task == t] for t in TASKS]
+    return [group[i] for i in range(max(map(len, by), default=0)) for group in by if i < len(group)]
+
+
 def run(cfg, run_dir: Path) -> Path:
     from eval.clients import SamplingParams
 
@@ -352,7 +359,7 @@ def run(cfg, run_dir: Path) -> Path:
     if not kept:
         raise ValueError(f"sdg_prompts: no prompt passed parsing and the filters ({run_dir / 'report.json'}, "
                          f"{run_dir / 'rejects.jsonl'}); check the generator's replies there")
-    n = write_jsonl(output, [c.row(i + 1) for i, c in enumerate(kept)])
+    n = write_jsonl(output, [c.row(i + 1) for i, c in enumerate(interleave(kept))])
     for c in report.outputs.values():
         c.lines = c.rows_out  # one line per prompt, all in one file
     report.notes.append(f"{ask.requests} generator requests; {len(topics)} topics; {n} prompts -> {output}")
