@@ -550,6 +550,12 @@ def print_plan(name: str, pdir: Path, cfg, plan: list) -> None:
             continue
         for o in job.overrides or [f"{k}={v}" for k, v in job.args.items()]:
             print(f"        {o}")
+        if job.cfg is not None:
+            from recipes.sdg_plan import describe
+
+            line = describe(job)  # SDG stages: the requests they will send
+            if line:
+                print(f"      {line}")
         if job.cfg is not None and job.cfg.backend.name == "nemo":
             from recipes.backends.nemo_backend import overrides_for
 

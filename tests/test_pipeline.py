@@ -13,9 +13,11 @@ from recipes import pipeline
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.test_sdg_generate import make_tiny_checkpoint
 
-STAGES = ["rm_data", "rm", "baseline", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1", "rpo_2"]
+STAGES = ["rm_data", "rm", "baseline", "prompts", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1",
+          "rpo_2"]
 # The demo preset on the tiny model, every stage shortened.
 SHORT = ("pipeline=demo", *TINY, "trainer.max_steps=2", "sdg.n_responses=2", "sdg.max_new_tokens=6",
+         "sdg_prompts.max_new_tokens=12", "data.prompt_template=nemotron",  # the tiny tokenizer has no chat template
          "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4")
 
 
@@ -133,8 +135,13 @@ def test_manifest_records_config_inputs_outputs_timings_metrics(history):
         assert s[name]["metrics"]["eval"]["ifeval"]["n_prompts"] == 4
     assert "overall" in s["rm"]["metrics"]["eval"]["reward_bench"]
     assert s["sft"]["metrics"]["train"]["steps"] == 2 and "val_loss" in s["sft"]["metrics"]["train"]
-    assert s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 1
-    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == 12
+    # Prompts made from data/demo/topics.txt, counted per task at every filter, feed generation.
+    tasks = s["prompts"]["metrics"]["data"]["outputs"]
+    assert "prompts.jsonl [open_qa]" in tasks and "prompts.jsonl [math]" in tasks
+    assert s["prompts"]["outputs"]["output"]["path"] in s["sdg"]["inputs"]
+    generated = s["sdg"]["metrics"]["data"]["generated"]
+    assert 0 < generated <= 16 and s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 0
+    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == generated
 
 
 def test_report_has_table_paper_numbers_counts_and_plots(history):
@@ -144,7 +151,9 @@ def test_report_has_table_paper_numbers_counts_and_plots(history):
     assert "| stage | runs | status |" in text and "| IFEval P-strict |" in text.replace(" IFEval I-strict |", "")
     assert "| sft | sft | done |" in text and "| + General SFT | 7.99 | 61.4 |" in text
     assert "| + RPO iter 2 | 8.31 | 79.9 |" in text and "RewardBench 92.0" in text
-    assert "## Data at each filter" in text and "| train_dpo.jsonl | 12 |" in text
+    generated = manifest(pdir)["stages"]["sdg"]["metrics"]["data"]["generated"]
+    assert "## Data at each filter" in text and f"| train_dpo.jsonl | {generated} |" in text
+    assert "**prompts** (sdg_prompts)" in text and "| prompts.jsonl [open_qa] |" in text
     for png in ("eval_across_stages.png", "train_rm.png", "train_sft.png", "train_dpo.png", "train_rpo_2.png"):
         assert (pdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{png})" in text
