@@ -42,25 +42,32 @@ def parse_list(text: str, max_items: int | None = None, min_chars: int = MIN_ITE
     """The items of a generated list, in order, without duplicates; [] when there is none.
 
     Items are the marked lines (numbered or bulleted) when any line is marked, else every line; a
-    preamble or closing line (`Here are ...:`, `I hope this helps`) and lines too short or too long to be
-    a prompt are dropped. A marked item may continue on the following unmarked lines.
+    preamble or closing line (`Here are ...:`, `I hope this helps`) and items shorter than `min_chars` or
+    too long to be a prompt are dropped. A marked item may continue on the following unmarked lines, up to
+    a blank line; a marked line ending with ":" heads a sub-list and is no item.
     """
-    lines = [ln for ln in (text or "").replace("\r\n", "\n").split("\n") if ln.strip()]
+    lines = (text or "").replace("\r\n", "\n").split("\n")
     marked = [bool(_MARKER.match(ln)) for ln in lines]
     items: list[str] = []
     if any(marked):
-        current = None
+        current = None  # the item a following unmarked line continues; a blank line or a heading ends it
         for ln, is_item in zip(lines, marked):
             if is_item:
                 if current is not None:
                     items.append(current)
                 current = clean_item(ln)
+                if current.endswith(":"):  # "1. Ideas for the garden:" heads a sub-list, it is no item
+                    current = None
+            elif not ln.strip():
+                if current is not None:
+                    items.append(current)
+                current = None
             elif current is not None and not _CHATTER.match(ln.strip()) and not ln.rstrip().endswith(":"):
                 current = f"{current} {ln.strip()}"  # a wrapped item
         if current is not None:
             items.append(current)
     else:
-        items = [clean_item(ln) for ln in lines]
+        items = [clean_item(ln) for ln in lines if ln.strip()]
     out, seen = [], set()
     for item in items:
         key = " ".join(item.lower().split())
@@ -83,6 +90,26 @@ def parse_single(text: str) -> str | None:
                   r"request|message|reply)\s*:\s*", "", body, flags=re.IGNORECASE)
     body = clean_item(body) if "\n" not in body else body.strip().strip(_QUOTES).strip()
     return body if MIN_ITEM_CHARS <= len(body) <= MAX_ITEM_CHARS else None
+
+
+_QUOTED = re.compile(r"[\"“]([^\"”\n]{8,}?)[\"”]")
+_QUESTION = re.compile(r"(?:^|(?<=[.!:]\s))([A-Z][^.!?\n]{6,}\?)")
+
+
+def parse_refined(text: str, question: bool) -> str | None:
+    """A rewritten prompt: the quoted rewrite when the reply quotes one (`Here is the new question: "..."`),
+    else the reply as parse_single reads it. A question must end with "?" (the first question asked in the
+    reply is taken); anything of more than one paragraph is an answer, not a rewrite: None."""
+    quoted = [q.strip() for q in _QUOTED.findall(text or "") if not question or q.strip().endswith("?")]
+    if quoted:
+        return max(quoted, key=len)
+    single = parse_single(text)
+    if single is None or "\n" in single or len(single) > 800:
+        return None
+    if question and not single.endswith("?"):
+        found = _QUESTION.findall(single)
+        return re.sub(r"^(?:question|revised question)\s*:\s*", "", found[0].strip(), flags=re.I) if found else None
+    return single
 
 
 # Polite closers a role-played user ends with; the report strips phrases like "Thank you ..." from user turns.

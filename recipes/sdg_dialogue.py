@@ -64,10 +64,64 @@ class Dialogues:
         self.live.remove(d)
 
 
-def run(cfg, run_dir: Path) -> Path:
-    from eval.clients import SamplingParams
+def converse(d, dlg: Dialogues, generate, params, templates: dict) -> None:
+    """`d.turns` assistant turns per dialogue; between them the generator plays the user (a persona, the
+    conversation so far), polite closers stripped."""
+    for turn in range(d.turns):
+        replies = generate([messages(d.system, x["turns"]) for x in dlg.live], params)
+        for x, reply in list(zip(dlg.live, replies)):
+            if reply is None or not reply.strip():
+                dlg.drop(x, "failed_request" if reply is None else "empty_assistant_turn", f"assistant turn {turn + 1}")
+            else:
+                x["turns"].append(("Assistant", reply.strip()))
+        if turn == d.turns - 1:
+            break
+        asks = [[{"role": "user", "content": render(templates, "dialogue_user", persona=x["persona"],
+                                                   history=history(x["turns"]))}] for x in dlg.live]
+        for x, reply in list(zip(dlg.live, generate(asks, params))):
+            text = parse_single(reply) if reply else None
+            user = strip_polite(text) if text else ""
+            if reply is None or len(user) < 8:
+                dlg.drop(x, "failed_request" if reply is None else "unusable_user_turn",
+                         f"user turn {turn + 2}: {(reply or '')[:120]!r}")
+                continue
+            x["stripped"] += user != text
+            x["turns"].append(("User", user))
+
+
+def score(cfg, d, dlg: Dialogues, run_dir: Path) -> list[dict]:
+    """Every assistant turn scored with the conversation before it (as rm_annotate scores a response), one
+    reward per dialogue (`dialogue_reward`), the dialogues that reach `min_reward`."""
     from recipes import loop
     from recipes.rm_annotate import given_weights, is_endpoint, make_scorer
+
+    scorer = make_scorer(d.reward_model, d.batch_size, given_weights(cfg),
+                         None if is_endpoint(d.reward_model) else loop.pick_device(cfg.trainer), cfg.trainer.precision,
+                         d.endpoint, run_dir / "request_cache", cfg.logger.progress_bar)
+    items, owner = [], []
+    for x in dlg.live:
+        for i, (role, text) in enumerate(x["turns"]):
+            if role == "Assistant":
+                items.append((x["turns"][:i], text))
+                owner.append(x)
+    scores = scorer(items) if items else []
+    for x in dlg.live:
+        x["scores"] = [s for s, o in zip(scores, owner) if o is x]
+    kept = []
+    for x in list(dlg.live):
+        if any(s is None for s in x["scores"]):
+            dlg.drop(x, "failed_request", "reward model request")
+            continue
+        x["reward"] = reduce([r for _, r in x["scores"]], d.dialogue_reward)
+        if d.min_reward is not None and x["reward"] < d.min_reward:
+            dlg.drop(x, "below_min_reward", f"reward {x['reward']:.4g} < sdg_dialogue.min_reward {d.min_reward:g}")
+            continue
+        kept.append(x)
+    return kept
+
+
+def run(cfg, run_dir: Path) -> Path:
+    from eval.clients import SamplingParams
     from recipes.sdg_generate import dedup, load_prompts
     from recipes.sdg_prompts import make_generator
 
@@ -94,50 +148,8 @@ def run(cfg, run_dir: Path) -> Path:
     params = SamplingParams(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p)
     rng = random.Random(cfg.seed)
     dlg = Dialogues(rows, list(d.personas) or PERSONAS, rng, report, str(d.prompts))
-    for turn in range(d.turns):
-        replies = generate([messages(d.system, x["turns"]) for x in dlg.live], params)
-        for x, reply in list(zip(dlg.live, replies)):
-            if reply is None or not reply.strip():
-                dlg.drop(x, "failed_request" if reply is None else "empty_assistant_turn", f"assistant turn {turn + 1}")
-            else:
-                x["turns"].append(("Assistant", reply.strip()))
-        if turn == d.turns - 1:
-            break
-        asks = [[{"role": "user", "content": render(templates, "dialogue_user", persona=x["persona"],
-                                                   history=history(x["turns"]))}] for x in dlg.live]
-        for x, reply in list(zip(dlg.live, generate(asks, params))):
-            text = parse_single(reply) if reply else None
-            user = strip_polite(text) if text else ""
-            if reply is None or len(user) < 8:
-                dlg.drop(x, "failed_request" if reply is None else "unusable_user_turn",
-                         f"user turn {turn + 2}: {(reply or '')[:120]!r}")
-                continue
-            x["stripped"] += user != text
-            x["turns"].append(("User", user))
-
-    # Every assistant turn scored with the conversation before it, as rm_annotate scores a response.
-    scorer = make_scorer(d.reward_model, d.batch_size, given_weights(cfg),
-                         None if is_endpoint(d.reward_model) else loop.pick_device(cfg.trainer), cfg.trainer.precision,
-                         d.endpoint, run_dir / "request_cache", cfg.logger.progress_bar)
-    items, owner = [], []
-    for x in dlg.live:
-        for i, (role, text) in enumerate(x["turns"]):
-            if role == "Assistant":
-                items.append((x["turns"][:i], text))
-                owner.append(x)
-    scores = scorer(items) if items else []
-    for x in dlg.live:
-        x["scores"] = [s for s, o in zip(scores, owner) if o is x]
-    kept = []
-    for x in list(dlg.live):
-        if any(s is None for s in x["scores"]):
-            dlg.drop(x, "failed_request", "reward model request")
-            continue
-        x["reward"] = reduce([r for _, r in x["scores"]], d.dialogue_reward)
-        if d.min_reward is not None and x["reward"] < d.min_reward:
-            dlg.drop(x, "below_min_reward", f"reward {x['reward']:.4g} < sdg_dialogue.min_reward {d.min_reward:g}")
-            continue
-        kept.append(x)
+    converse(d, dlg, generate, params, templates)
+    kept = score(cfg, d, dlg, run_dir)
     c = report.outputs[OUT]
     c.rows_out = len(kept)
     c.lines = write_jsonl(output, [sft_chat_row(d.system, x["turns"][:-1], x["turns"][-1][1]) for x in kept])

@@ -44,7 +44,8 @@ from data_prep.jsonl import RowError, atomic_write_text, read_jsonl, write_jsonl
 from data_prep.near_dup import NEAR_DUPLICATE, NearDuplicates
 from data_prep.report import Report
 from recipes.config import REPO_ROOT
-from recipes.sdg_common import MIN_ITEM_CHARS, CachedGenerator, checkpoint_identity, parse_list, parse_single
+from recipes.sdg_common import (MIN_ITEM_CHARS, CachedGenerator, checkpoint_identity, parse_list, parse_refined,
+                                 parse_single)
 from recipes.sdg_instructions import draw_instructions
 from recipes.sdg_templates import load_templates, render
 
@@ -147,7 +148,8 @@ class Asker:
         out = []
         for (name, f), reply in zip(requests, self.texts(requests)):
             short = 2 if name in ("macro_topics", "subtopics") else MIN_ITEM_CHARS  # a topic may be one word
-            value = None if reply is None else (parse_single(reply) if single else parse_list(reply, f.get("n"), short))
+            one = (lambda r: parse_refined(r, name == "refine_open_qa")) if name.startswith("refine_") else parse_single
+            value = None if reply is None else (one(reply) if single else parse_list(reply, f.get("n"), short))
             if reply is not None and not value:
                 self._bad(UNPARSEABLE, name, reply)
             elif reply is not None:

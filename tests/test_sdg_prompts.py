@@ -8,7 +8,7 @@ import pytest
 
 from eval.ifeval import IFEvalPrompt, check_response
 from recipes import sdg_generate, sdg_prompts
-from recipes.sdg_common import parse_list, parse_single, strip_polite
+from recipes.sdg_common import parse_list, parse_refined, parse_single, strip_polite
 from recipes.sdg_instructions import usable_ids
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.test_clients import FakeServer, chat_reply
@@ -159,6 +159,13 @@ def test_list_parsing_is_robust_to_layouts():
     assert parse_single('Sure! Here is the revised question:\n"What are three ways to enrich clay soil?"') == \
         "What are three ways to enrich clay soil?"
     assert parse_single("Sure!") is None
+    assert parse_refined('Here is a more specific version:\n\n"What are three ways to enrich clay soil?"\n\nI added '
+                         'detail.', question=True) == "What are three ways to enrich clay soil?"
+    assert parse_refined("To grow plants you need light.\n\nPlants also need water and soil.", question=True) is None
+    assert parse_refined("Question: How much light do tomatoes need in pots? I added the pots.", question=True) == \
+        "How much light do tomatoes need in pots?"
+    assert parse_list("1. Ideas for the garden:\nA. compost\n2. Watering in the morning\n\nThese questions are "
+                      "numbered as you asked.") == ["Watering in the morning"]
     assert strip_polite("Thank you so much! Could you explain Phobos? Thanks in advance.") == "Could you explain Phobos?"
 
 
