@@ -19,7 +19,8 @@ from pathlib import Path
 from eval.request_pool import RequestCache, request_key
 
 # "1.", "1)", "(1)", "#1", "Question 1:", "Task 2 -", bullets, and markdown bold around any of them.
-_MARKER = re.compile(r"^\s*(?:[-*•·]+\s+|\(?#?\d{1,3}[.):\]]\s*|(?:question|task|problem|prompt|topic|"
+# A number is a marker only when a space follows it ("2.0% of 15" is no item "0% of 15").
+_MARKER = re.compile(r"^\s*(?:[-*•·]+\s+|\(?#?\d{1,3}[.):\]](?:\s+|$)|(?:question|task|problem|prompt|topic|"
                      r"subtopic|instruction)\s*#?\d{1,3}\s*[:.)-]\s*)", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`"
 # Lines that talk about the list instead of being an item of it.

@@ -156,6 +156,7 @@ def test_list_parsing_is_robust_to_layouts():
         "Soil health: keeping it rich", "Composting at home"]
     assert parse_list("Sure!") == [] and parse_list("I'm sorry, I can't help with that.") == []
     assert parse_list("1. ok\n2. Fine question here?", max_items=1) == ["Fine question here?"]
+    assert parse_list("1. 2.5% of 80 is what?\n2. What is 0.5 of 12?") == ["2.5% of 80 is what?", "What is 0.5 of 12?"]
     assert parse_single('Sure! Here is the revised question:\n"What are three ways to enrich clay soil?"') == \
         "What are three ways to enrich clay soil?"
     assert parse_single("Sure!") is None
