@@ -183,3 +183,37 @@ def test_config_errors_are_one_line(tmp_path):
     from recipes.config import validate
 
     assert any("sdg_prompts.n_open_qa=-1" in p for p in validate(compose_cfg(*TINY, "sdg_prompts.n_open_qa=-1")))
+
+
+def test_in_process_generator_resumes_from_its_cache(tmp_path, monkeypatch):
+    """Killed after its first step, a run with the HF model asks only what it had not got; a third run asks
+    nothing and writes the same file."""
+    from eval.hf_client import HFClient
+    from tests.test_sdg_generate import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny")
+    real, asked, crash = HFClient.generate, [], {"at": 2}
+
+    def generate(self, conversations, params):
+        if len(asked) + 1 == crash["at"]:
+            raise KeyboardInterrupt  # a kill during the second step
+        asked.append(len(conversations))
+        return real(self, conversations, params)
+
+    monkeypatch.setattr(HFClient, "generate", generate)
+    cfg = compose_cfg("stage=sdg_prompts", *TINY, f"sdg_prompts.topics={REPO / 'data' / 'demo' / 'topics.txt'}",
+                      f"sdg_prompts.model={ckpt}", "data.prompt_template=nemotron", "sdg_prompts.max_new_tokens=6",
+                      "sdg_prompts.n_subtopics=1", "sdg_prompts.n_open_qa=1", "sdg_prompts.n_writing=1",
+                      "sdg_prompts.tasks=[open_qa,writing,math]", "sdg_prompts.max_keywords=1",
+                      "sdg_prompts.near_duplicate_threshold=0")
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        sdg_prompts.run(cfg, out)
+    assert asked == [3]  # the subtopics of the 3 topics, cached
+    crash["at"] = None
+    path = sdg_prompts.run(cfg, out)
+    assert len(asked) == 3  # + the lists, then the refinements: the subtopics came from the cache
+    first = path.read_bytes()
+    n = len(asked)
+    sdg_prompts.run(cfg, out)
+    assert len(asked) == n and path.read_bytes() == first
