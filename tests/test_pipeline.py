@@ -214,9 +214,14 @@ def test_nemotron4_preset_plans_nemo_commands(tmp_path, capsys):
     pipeline.run(compose_cfg(*overrides), overrides)
     out = capsys.readouterr().out
     assert not (tmp_path / "manifest.json").exists()
-    for name in ("rm_data", "rm", "sdg", "annotate", "dpo_data", "rpo_data", "code_sft", "general_sft", "dpo",
-                 "rpo_1", "rpo_2", "rpo_3", "final_eval"):
+    for name in ("rm_data", "rm", "prompts", "dialogues", "sdg", "annotate", "dpo_data", "rpo_data", "code_sft",
+                 "general_sft", "dpo", "rpo_1", "rpo_2", "rpo_3", "final_eval"):
         assert f" {name} " in out
+    # Every SDG stage's requests: 30 macro topics x 10 subtopics, lists per topic and keyword, refinements.
+    assert ("requests (openai generator): macro_topics 1, subtopics 30, lists 722, refine 2640, assistant_turns 1666, "
+            "second_user_turns 1000, total 6059") in out
+    assert "requests: P dialogues x 5 generator (3 assistant + 2 user turns) + P x 3 reward model (endpoint)" in out
+    assert "requests (reward endpoint https://integrate.api.nvidia.com/v1): one per response of" in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_reward_model.py" in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_gpt_dpo.py" in out
     # Each stage starts from the previous one's .nemo.
