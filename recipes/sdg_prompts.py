@@ -250,7 +250,8 @@ def derived_candidates(s, ask: Asker, prov, pool: list[Candidate], rng: random.R
     plans = []  # (task, variant, base, other base, ids, kwargs, instruction text)
     for i in range(n_if):
         variant = s.if_variants[i % len(s.if_variants)]
-        base, other = rng.choice(pool), rng.choice(pool)
+        base = rng.choice(pool)
+        other = rng.choice([c for c in pool if c is not base] or pool)  # the next prompt of all_turns
         ids, kwargs, text = draw_instructions(rng, base.text, rng.randint(1, s.max_instructions),
                                               exclude=s.if_exclude, multi_turn=variant != "single")
         plans.append(("instruction_following", variant, base, other, ids, kwargs, text))
@@ -332,6 +333,8 @@ def run(cfg, run_dir: Path) -> Path:
     if unknown:
         raise ValueError(f"sdg_prompts: unknown task or variant {unknown[0]!r} (tasks: {', '.join(TASKS)}; "
                          f"if_variants: {', '.join(IF_VARIANTS)})")
+    if s.n_instruction_following > 0 and not s.if_variants:
+        raise ValueError("sdg_prompts.if_variants is empty: give one or more of " + ", ".join(IF_VARIANTS))
     if not s.topics and s.n_macro_topics <= 0 and set(s.tasks) & {"open_qa", "writing"}:
         raise ValueError("stage=sdg_prompts needs sdg_prompts.topics (a file, one topic a line) or "
                          "sdg_prompts.n_macro_topics > 0")
