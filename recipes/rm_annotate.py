@@ -218,7 +218,7 @@ def annotate_file(input_file: str | Path, output_file: str | Path, reward_model_
                 n = len(response_texts(row))
                 mine = scores[k:k + n]
                 if any(x is None for x in mine):  # rows are written in input order: stop at the first gap
-                    failed = next(e for e in scorer.client.pool.last_errors[k:k + n] if e)
+                    failed = next((e for e in scorer.client.pool.last_errors[k:k + n] if e), "no reply")
                     break
                 out.write(json.dumps(with_scores(row, mine), ensure_ascii=False) + "\n")
                 stats["out_of_range"] += sum(not lo <= v <= hi for a, _ in mine for v in a.values())
