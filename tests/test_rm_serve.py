@@ -71,6 +71,13 @@ def test_wire_format_both_places_and_errors(server):
         assert status == 400 and message in err["error"]["message"]
     with urllib.request.urlopen(server.url + "/models", timeout=10) as r:
         assert json.loads(r.read())["data"][0]["attributes"][0] == "helpfulness"
+    # What NeMo Curator's client does against NVIDIA's API works against ours: the openai SDK, logprobs tokens.
+    import openai
+
+    sdk = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    done = sdk.chat.completions.create(model="nvidia/nemotron-4-340b-reward", messages=[
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+    assert {e.token: e.logprob for e in done.choices[0].logprobs.content} == content
 
 
 def test_client_reads_nvidia_content_replies_and_refuses_chat_models():
