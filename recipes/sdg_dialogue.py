@@ -141,6 +141,8 @@ def run(cfg, run_dir: Path) -> Path:
     counts = {"duplicate_prompt": dups, "multi_turn_prompt": len(unique) - len(single), "over_limit": len(single) - len(rows)}
     report.input = {"rows_in": len(loaded), "rows_ok": len(rows), "rejected": {k: n for k, n in counts.items() if n}}
     report.output(OUT, "dialogue").rows_in = len(rows)
+    report.outputs[OUT].rejected = {r: 0 for r in ("failed_request", "empty_assistant_turn", "unusable_user_turn",
+                                                   "below_min_reward")}  # every filter listed, at 0 if it dropped none
     if not rows:
         raise ValueError(f"sdg_dialogue.prompts={d.prompts}: no single-turn prompts")
 

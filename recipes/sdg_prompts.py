@@ -39,7 +39,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.filters import FilterConfig, Filters
+from data_prep.filters import CONTAMINATED, DUPLICATE, EMPTY, FilterConfig, Filters
 from data_prep.jsonl import RowError, atomic_write_text, read_jsonl, write_jsonl
 from data_prep.near_dup import NEAR_DUPLICATE, NearDuplicates
 from data_prep.report import Report
@@ -305,7 +305,10 @@ def keep(cands: list[Candidate], filters: Filters, near: NearDuplicates | None, 
     kept = []
     for c in cands:
         name = f"prompts.jsonl [{c.task}]"
-        report.output(name, "prompt").rows_in += 1
+        if name not in report.outputs:  # every filter that runs on the task is listed, at 0 when it dropped none
+            reasons = (EMPTY, DUPLICATE, CONTAMINATED) + ((NEAR_DUPLICATE,) if near and c.task in BASE_TASKS else ())
+            report.output(name, "prompt").rejected.update({r: 0 for r in reasons})
+        report.outputs[name].rows_in += 1
         row = c.row(0)
         why = filters.prompt_reason(c.plain or c.text, prompt_key(row))
         if why is None and near is not None and c.task in BASE_TASKS:
@@ -347,6 +350,7 @@ def run(cfg, run_dir: Path) -> Path:
     report.filters = {**filters.describe(), "near_duplicate": f"word 3-gram Jaccard >= {s.near_duplicate_threshold}"
                       if s.near_duplicate_threshold > 0 else "off"}
     near = NearDuplicates(s.near_duplicate_threshold) if s.near_duplicate_threshold > 0 else None
+    report.input["rejected"] = {UNPARSEABLE: 0, FAILED: 0}
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
     ask = Asker(generate, params, templates, report, model)
     rng = random.Random(cfg.seed)

@@ -89,7 +89,8 @@ def test_threshold_and_counts_at_every_filter(made):
     assert rep["input"] == {"rows_in": 5, "rows_ok": 3, "rejected": {"duplicate_prompt": 1, "multi_turn_prompt": 1}}
     c = rep["outputs"]["dialogues.jsonl"]
     assert c["rows_in"] == 3 and c["rows_out"] == 1
-    assert c["rejected"] == {"unusable_user_turn": 1, "below_min_reward": 1}
+    assert c["rejected"] == {"failed_request": 0, "empty_assistant_turn": 0, "unusable_user_turn": 1,
+                             "below_min_reward": 1}
     kept = rows(made["root"] / "one" / "dialogues.jsonl")
     assert len(kept) == 1 and validate_sft_chat(kept[0]) == [] and kept[0]["mask"] == "User"
     assert made["again"] == 0  # the rerun with a threshold asked nothing: generator and RM replies cached

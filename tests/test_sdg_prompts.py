@@ -116,7 +116,9 @@ def test_filter_counts_and_rejects(produced):
     assert oq["rejected"]["contaminated"] == 1
     assert all(c["rows_in"] == c["rows_out"] + sum(c["rejected"].values()) for c in rep["outputs"].values())
     bad = [r for r in produced["rejects"] if r["reason"] == "unparseable_output"]
-    assert rep["input"]["rejected"] == {"unparseable_output": len(bad)}
+    assert rep["input"]["rejected"] == {"unparseable_output": len(bad), "failed_request": 0}
+    assert rep["outputs"]["prompts.jsonl [python]"]["rejected"] == {
+        "empty_text": 0, "duplicate_prompt": 0, "contaminated": 0, "near_duplicate": 0}  # every filter listed
     assert [r["raw"] for r in bad if r["template"] == "subtopics"] == ["Sure!"]  # Cooking's subtopics
     assert {r["template"] for r in bad} == {"subtopics", "refine_open_qa"}  # + the empty refinements
     contaminated = next(r for r in produced["rejects"] if r["reason"] == "contaminated")
