@@ -489,6 +489,23 @@ def validate_helpsteer2_preference_row(row: dict) -> Problems:
     return problems
 
 
+def validate_daring_anteater_row(row: dict) -> Problems:
+    """An nvidia/Daring-Anteater row (dataset card: `conversations`, `mask`, `system`, `dataset`): a NeMo chat
+    row whose turns may carry extra keys; it must be a trainable conversation (see validate_sft_chat)."""
+    problems: Problems = []
+    for key in ("system", "dataset"):
+        if key in row and row[key] is not None and not isinstance(row[key], str):
+            problems.append((key, f"must be a string, got {_type_name(row[key])}"))
+    if row.get("mask", "User") != "User":
+        problems.append(("mask", f"must be 'User' (the turns not trained on), got {row.get('mask')!r}"))
+    convs = row.get("conversations")
+    if not isinstance(convs, list) or not all(isinstance(t, dict) for t in convs):
+        return problems + [("conversations", f"must be a list of turn objects, got {_got(convs)}")]
+    chat = {"system": row.get("system") or "", "mask": "User", "conversations": [
+        {"from": t.get("from"), "value": t.get("value"), "label": None} for t in convs]}
+    return problems + validate_sft_chat(chat)
+
+
 def _validate_sdg_prompt(row: dict) -> Problems:
     problems: Problems = []
     if "system" in row and not isinstance(row["system"], str):

@@ -1,7 +1,7 @@
 """Many requests to a model server, bounded in time, concurrency and rate, cached on disk, failures counted.
 
-Every HTTP client of this repo (eval/clients.py: the OpenAI-compatible one and NeMo's server; later the
-reward-model endpoints) sends its requests through one `RequestPool`:
+Every HTTP client of this repo (eval/clients.py: the OpenAI-compatible one and NeMo's server;
+eval/reward_client.py: reward-model endpoints) sends its requests through one `RequestPool`:
 
     pool = RequestPool(Limits(timeout_s=30, max_retries=2, max_concurrency=8), cache="out/request_cache/x.jsonl")
     replies = pool.map(send, payloads, url)          # one reply per payload, None where it failed

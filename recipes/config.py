@@ -223,8 +223,11 @@ class AnnotateConfig:
 
     input_file: Optional[str] = None
     output_file: Optional[str] = None
-    reward_model: Optional[str] = None  # a checkpoint directory written by stage=rm (required)
-    batch_size: int = 8
+    # a checkpoint directory written by stage=rm, or an endpoint: http(s)://host:port/v1 (stage=rm_serve,
+    # NVIDIA's API for nvidia/nemotron-4-340b-reward, a NIM)
+    reward_model: Optional[str] = None
+    batch_size: int = 8  # responses scored (checkpoint) or sent (endpoint) per appended chunk
+    endpoint: RewardEndpointConfig = field(default_factory=lambda: RewardEndpointConfig())  # defined below
 
 
 @dataclass
@@ -289,6 +292,15 @@ class ServedClientConfig:
     requests_per_minute: Optional[float] = None  # null: no rate limit
     cache: bool = True  # replies cached on disk in the output dir (request_cache/): a rerun asks nothing twice
     max_failed_fraction: float = 0.05  # failed requests are counted; the run stops once more than this failed
+
+
+@dataclass
+class RewardEndpointConfig(ServedClientConfig):
+    """A reward model served over HTTP (`*.reward_model=http://host:port/v1`): the OpenAI-compatible reward
+    API of Nemotron-4-340B-Reward (eval/reward_client.py, docs/sdg.md). A served RM scores the requests in
+    flight together: raise max_concurrency (8-64)."""
+
+    model: str = "nvidia/nemotron-4-340b-reward"  # the served model name sent in each request
 
 
 @dataclass
@@ -455,6 +467,84 @@ class SDGGenerateConfig:
 
 
 @dataclass
+class SDGPromptsConfig:
+    """stage=sdg_prompts: synthetic prompts from topics, documents and keywords (recipes/sdg_prompts.py,
+    docs/sdg.md). Counts are per topic / document / keyword; 0 turns a part off."""
+
+    tasks: List[str] = field(default_factory=lambda: ["open_qa", "writing", "closed_qa", "math", "python",
+                                                      "instruction_following", "two_turn"])
+    topics: Optional[str] = None  # a text file (one topic a line) or JSONL {"topic"}
+    n_macro_topics: int = 0  # macro topics the generator adds to yours
+    n_subtopics: int = 3  # subtopics per topic (topics = yours + macro + their subtopics)
+    n_open_qa: int = 3  # open Q&A questions per topic
+    n_writing: int = 2  # writing tasks per topic
+    refine: bool = True  # a second call makes each open Q&A / writing prompt more detailed and specific
+    documents: Optional[str] = None  # closed Q&A: JSONL {"id", "text"} or a text file of blank-line-separated documents
+    n_closed_qa: int = 3  # instructions per document
+    math_keywords: Optional[str] = None  # a file, one keyword a line; null: the shipped data/sdg/math_keywords.txt
+    python_keywords: Optional[str] = None  # null: the shipped data/sdg/python_keywords.txt
+    max_keywords: int = 0  # use only the first N keywords of each list (0: all)
+    n_math: int = 2  # problems per math keyword
+    n_python: int = 2  # tasks per Python keyword
+    n_instruction_following: int = 8  # prompts with IFEval instructions, built on open Q&A / writing prompts
+    if_variants: List[str] = field(default_factory=lambda: ["single", "all_turns", "revise"])  # in turn
+    max_instructions: int = 2  # 1..this many instructions per prompt
+    # IFEval instruction ids never drawn (Tamil or Korean answers are beyond small generators)
+    if_exclude: List[str] = field(default_factory=lambda: ["language:response_language"])
+    n_two_turn: int = 4  # User -> generated Assistant -> generated User prompts
+    model: Optional[str] = None  # checkpoint for generator.kind=hf; null: the configured model
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    templates: Dict[str, str] = field(default_factory=dict)  # name -> text, over recipes/sdg_templates.py
+    templates_file: Optional[str] = None  # YAML/JSON mapping name -> text
+    near_duplicate_threshold: float = 0.6  # word 3-gram Jaccard that makes a near duplicate; 0: off
+    decontaminate: List[str] = field(default_factory=list)  # eval prompt files (IFEval, MT-Bench, RewardBench)
+    ngram: int = 13  # decontamination n-gram size (words)
+    output_file: Optional[str] = None  # default <run dir>/prompts.jsonl
+
+
+@dataclass
+class SDGDialogueConfig:
+    """stage=sdg_dialogue: multi-turn dialogues by role-play, scored by a reward model, kept above a
+    threshold -> NeMo SFT chat JSONL (recipes/sdg_dialogue.py)."""
+
+    prompts: Optional[str] = None  # first user turns: a JSONL of {"prompt"} rows (stage=sdg_prompts output)
+    limit: int = 0  # 0: every prompt
+    turns: int = 3  # assistant turns per dialogue (the report's dialogues have three)
+    personas: List[str] = field(default_factory=list)  # user personalities; empty: recipes/sdg_templates.PERSONAS
+    system: str = ""  # system prompt of the SFT rows
+    model: Optional[str] = None  # checkpoint for generator.kind=hf; null: the configured model
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # the report samples dialogues greedily
+    top_p: float = 1.0
+    templates: Dict[str, str] = field(default_factory=dict)
+    templates_file: Optional[str] = None
+    reward_model: Optional[str] = None  # a stage=rm checkpoint or an endpoint URL (as annotate.reward_model)
+    endpoint: RewardEndpointConfig = field(default_factory=RewardEndpointConfig)
+    batch_size: int = 8  # RM scoring batch (checkpoint) or requests per chunk (endpoint)
+    dialogue_reward: str = "min"  # min | mean | last over the assistant turns' rewards (our choice: min)
+    min_reward: Optional[float] = None  # keep dialogues whose reward reaches this; null: keep all (scored)
+    output_file: Optional[str] = None  # default <run dir>/dialogues.jsonl
+
+
+@dataclass
+class RMServeConfig:
+    """stage=rm_serve: serve a stage=rm checkpoint over Nemotron-4-340B-Reward's OpenAI-compatible API
+    (recipes/rm_serve.py, docs/sdg.md)."""
+
+    reward_model: Optional[str] = None  # the checkpoint directory
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept other machines
+    port: int = 1424  # NeMo-Aligner's serve_reward_model.py example port; 0 picks a free one
+    served_model_name: Optional[str] = None  # null: accept any `model` in requests
+    batch_size: int = 8  # requests in flight are scored together, up to this many
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_requests: int = 0  # stop after this many requests (smoke runs); 0: serve until interrupted
+
+
+@dataclass
 class PipelineStageConfig:
     """One stage of a pipeline (conf/pipeline/*.yaml, docs/pipeline.md)."""
 
@@ -508,6 +598,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     sdg: SDGGenerateConfig = field(default_factory=SDGGenerateConfig)
+    sdg_prompts: SDGPromptsConfig = field(default_factory=SDGPromptsConfig)
+    sdg_dialogue: SDGDialogueConfig = field(default_factory=SDGDialogueConfig)
+    rm_serve: RMServeConfig = field(default_factory=RMServeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dry_run: bool = False  # print what would run (backend=nemo: the command and sbatch script) and stop
     seed: int = 1234
@@ -554,6 +647,9 @@ CHOICES = {
     "eval.generator.kind": ("hf", "openai", "nemo"),
     "eval.humaneval.mode": ("chat", "completion"),
     "sdg.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_prompts.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_dialogue.generator.kind": ("hf", "openai", "nemo"),
+    "sdg_dialogue.dialogue_reward": ("min", "mean", "last"),
     "steer.vocabulary": ("auto", "nemotron3_17", "helpsteer2_5", "steerlm_9"),
     **NEMO_CHOICES,  # executor.*, backend.nemo.convert.*
 }

@@ -1,7 +1,8 @@
 """The pipeline runner: `python launch.py pipeline=demo` runs a list of stages, each in its own directory.
 
 A pipeline (conf/pipeline/<name>.yaml) is an ordered dict of stages. Each names what runs — a launch.py
-stage (prep_helpsteer2, rm, sdg_generate, rm_annotate, prep_sdg, sft, dpo, rpo, eval) with its Hydra
+stage (prep_helpsteer2, rm, sdg_prompts, sdg_generate, sdg_dialogue, rm_annotate, prep_sdg, sft, dpo, rpo,
+eval) with its Hydra
 overrides, or a data step called in-process with keyword args (convert_helpsteer2, convert_sdg: the
 data_prep functions with every option; concat). `${stages:<stage>.<output>}` in an override is the path of an earlier
 stage's output (`checkpoint`/`output`, `dir`, or a data step's file by stem, e.g. `train_dpo`);
@@ -56,6 +57,9 @@ RUNNER_KEYS = ("exp_manager.explicit_log_dir", "resume", "dry_run")
 # eval hooks have their own hash (a change re-runs only the hooks).
 READS = {
     "sdg_generate": ("stage", "sdg", "data.prompt_template", "seed"),  # + model when sdg.model is null
+    "sdg_prompts": ("stage", "sdg_prompts", "data.prompt_template", "seed"),  # + model, as sdg_generate
+    "sdg_dialogue": ("stage", "sdg_dialogue", "data.prompt_template", "model.regression", "trainer.precision",
+                     "trainer.accelerator", "seed"),
     "rm_annotate": ("stage", "annotate", "model.regression", "data.on_bad_row", "trainer.precision",
                     "trainer.accelerator"),
     "eval": ("stage", "eval", "data.prompt_template", "seed"),
@@ -236,6 +240,10 @@ def predicted_outputs(job: Job) -> dict:
     if job.kind in DATA_STEPS:
         # A data step's files are named by stem: ${stages:data.train_dpo} = <dir>/train_dpo.jsonl.
         return {"dir": d, "report": d / "report.json", "output": d / job.args.get("output", "output.jsonl"), "*": d}
+    if job.kind in ("sdg_prompts", "sdg_dialogue"):  # a data file plus report.json (counts at every filter)
+        name = "prompts.jsonl" if job.kind == "sdg_prompts" else "dialogues.jsonl"
+        out = Path(c[job.kind].output_file) if c[job.kind].output_file else d / name
+        return {"dir": d, "output": out, "report": d / "report.json"}
     if job.kind == "sdg_generate":
         out = Path(c.sdg.output_file) if c.sdg.output_file else d / "generations.jsonl"
     elif job.kind == "rm_annotate":
@@ -327,7 +335,8 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
 def read_config(kind: str, cfg) -> dict:
     """The parts of a stage's config it reads (READS), resolved: what its config hash covers."""
     keys = list(READS.get(kind, TRAINING_READS))
-    if kind == "sdg_generate" and not cfg.sdg.model and cfg.sdg.generator.kind == "hf":
+    gen = {"sdg_generate": "sdg", "sdg_prompts": "sdg_prompts", "sdg_dialogue": "sdg_dialogue"}.get(kind)
+    if gen and not cfg[gen].model and cfg[gen].generator.kind == "hf":
         keys.append("model")  # generates with the configured model
     if kind in TRAINING_STAGES:
         keys += ["backend", "executor"] if cfg.backend.name == "nemo" else ["backend.name"]
@@ -614,6 +623,12 @@ def print_plan(name: str, pdir: Path, cfg, plan: list) -> None:
         print(f"{i:>3}. {job.name:<16} {job.kind:<16} {action:<7} {reason}")
         for o in job.overrides or [f"{k}={v}" for k, v in job.args.items()]:
             print(f"        {o}")
+        if job.cfg is not None:
+            from recipes.sdg_plan import describe
+
+            line = describe(job)  # SDG stages: the requests they will send
+            if line:
+                print(f"      {line}")
         if job.cfg is not None and job.cfg.backend.name == "nemo":
             from recipes.backends.nemo_backend import overrides_for
 

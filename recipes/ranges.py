@@ -144,16 +144,37 @@ RANGES: dict[str, Range] = {
     "backend.nemo.tensor_model_parallel_size": POSITIVE_INT,
     "backend.nemo.pipeline_model_parallel_size": POSITIVE_INT,
 }
+# synthetic data from nothing (recipes/sdg_prompts.py, sdg_dialogue.py, rm_serve.py)
+RANGES.update({f"sdg_prompts.{k}": COUNT for k in ("n_macro_topics", "n_subtopics", "n_open_qa", "n_writing",
+                                                    "n_closed_qa", "max_keywords", "n_math", "n_python",
+                                                    "n_instruction_following", "n_two_turn")})
+RANGES.update({
+    "sdg_prompts.max_instructions": POSITIVE_INT,
+    "sdg_prompts.near_duplicate_threshold": PROBABILITY,
+    "sdg_prompts.ngram": POSITIVE_INT,
+    "sdg_dialogue.turns": POSITIVE_INT,
+    "sdg_dialogue.batch_size": POSITIVE_INT,
+    "sdg_dialogue.limit": ZERO_IS_ALL,
+    "sdg_dialogue.min_reward": ANY,
+    "rm_serve.batch_size": POSITIVE_INT,
+    "rm_serve.port": Range(0, 65535),  # 0 picks a free port
+    "rm_serve.max_wait_ms": at_least(0),
+    "rm_serve.max_requests": COUNT,
+})
+for _stage in ("sdg_prompts", "sdg_dialogue"):
+    RANGES.update({f"{_stage}.max_new_tokens": POSITIVE_INT, f"{_stage}.temperature": at_least(0),
+                   f"{_stage}.top_p": Range(0, 1, lo_open=True)})
 for _lm_eval in ("eval.mmlu", "eval.gsm8k", "eval.mbpp"):  # lm-eval's tasks
     RANGES.update({f"{_lm_eval}.limit": ZERO_IS_ALL,
                    f"{_lm_eval}.max_gen_toks": Range(1, sentinels=((0, "the task's own"),)),
                    f"{_lm_eval}.num_fewshot": COUNT})
 for _client in ("eval.generator", "sdg.generator", "eval.mt_bench.judge", "eval.alpaca_eval.judge",
-                "eval.arena_hard.judge"):  # every served client (ServedClientConfig)
+                "eval.arena_hard.judge", "sdg_prompts.generator", "sdg_dialogue.generator", "annotate.endpoint",
+                "sdg_dialogue.endpoint"):  # every served client (ServedClientConfig)
     RANGES.update({f"{_client}.max_concurrency": POSITIVE_INT, f"{_client}.timeout_s": above(0),
                    f"{_client}.max_retries": COUNT, f"{_client}.backoff_s": at_least(0),
                    f"{_client}.requests_per_minute": above(0), f"{_client}.max_failed_fraction": PROBABILITY})
-for _gen in ("eval.generator", "sdg.generator"):
+for _gen in ("eval.generator", "sdg.generator", "sdg_prompts.generator", "sdg_dialogue.generator"):
     RANGES[f"{_gen}.batch_size"] = POSITIVE_INT
 for _name in ("quality", "understanding", "correctness", "coherence", "complexity", "verbosity", "toxicity", "humor",
               "creativity", "violence", "helpfulness", "not_appropriate", "hate_speech", "sexual_content",

@@ -151,7 +151,8 @@ def data_tables(stages: dict) -> list[str]:
             inp = data.get("input") or {}
             if inp:
                 bad = ", ".join(f"{k} {v}" for k, v in inp.get("rejected", {}).items()) or "none"
-                out.append(f"input rows {inp.get('rows_in')}, valid {inp.get('rows_ok')} (rejected: {bad})")
+                what = ("generator replies {}, parsed {}" if e.get("stage") == "sdg_prompts" else "input rows {}, valid {}")
+                out.append(what.format(inp.get("rows_in"), inp.get("rows_ok")) + f" (rejected: {bad})")
                 out.append("")
             out += ["| file | rows in | rows out | rejected (reason: count) |", "|---|---|---|---|"]
             for f, c in data["outputs"].items():

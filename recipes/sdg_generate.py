@@ -93,19 +93,29 @@ def conversation(row: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the generator
-def make_client(cfg, cache_dir: Path | None = None):
-    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator`; a served
-    generator caches its replies in `cache_dir`."""
-    from recipes.evaluate import make_generator
+def generator_model_dir(cfg, model: str | None, key: str = "sdg") -> str:
+    """The checkpoint an in-process generator loads: `model` (a directory, hub id or GGUF; `<key>.model`), else the
+    configured model (model.*); either refused in one line when it cannot load."""
     from recipes.models import model_dir as configured_model, resolve_name
 
-    g = cfg.sdg.generator
+    found = resolve_name(model, f"{key}.model") if model else configured_model(cfg.model)
+    if not found:
+        raise ValueError(f"stage={cfg.stage.name} with {key}.generator.kind=hf needs {key}.model (a checkpoint "
+                         "directory)")
+    return found
+
+
+def make_client(cfg, cache_dir: Path | None = None, gen=None, model: str | None = None, key: str = "sdg"):
+    """(client, model name for the records): recipes.evaluate.make_generator on `sdg.generator` (or the
+    GeneratorConfig `gen` with checkpoint `model`, for the stages named by `key`: sdg_prompts, sdg_dialogue);
+    a served generator caches its replies in `cache_dir`."""
+    from recipes.evaluate import make_generator
+
+    g = cfg.sdg.generator if gen is None else gen
+    model = cfg.sdg.model if gen is None else model
     model_dir = None
     if g.kind == "hf":
-        # sdg.model (a directory, hub id or GGUF), else the configured model: both refused in one line if absent.
-        model_dir = resolve_name(cfg.sdg.model, "sdg.model") if cfg.sdg.model else configured_model(cfg.model)
-        if not model_dir:
-            raise ValueError("stage=sdg_generate with sdg.generator.kind=hf needs sdg.model (a checkpoint directory)")
+        model_dir = generator_model_dir(cfg, model, key)
     gen_cfg = OmegaConf.merge(cfg, {"eval": {"generator": OmegaConf.to_container(g)}})
     client = make_generator(gen_cfg, model_dir, cache_dir)
     name = g.model if g.kind != "hf" else Path(model_dir).name
@@ -122,7 +132,9 @@ def done_keys(path: Path) -> set[str]:
 
 
 def record(row: dict, texts: list[str], model: str) -> dict:
-    out = {k: row[k] for k in ("id", "category", "system", "prompt", "conversations") if k in row}
+    # IFEval instructions and provenance (stage=sdg_prompts) travel with the prompt.
+    out = {k: row[k] for k in ("id", "category", "system", "prompt", "conversations", "instruction_id_list",
+                               "kwargs", "provenance") if k in row}
     out["responses"] = [{"text": t, "model": model} for t in texts]
     return out
 

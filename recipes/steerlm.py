@@ -358,7 +358,7 @@ def labelled_file(cfg, out_dir: Path) -> Path:
         write_jsonl(source, sft_to_sdg(rows))
     scored = out_dir / "annotated.jsonl"
     annotate_file(source, scored, a.reward_model, a.batch_size, device=loop.pick_device(cfg.trainer),
-                  precision=cfg.trainer.precision, progress=cfg.logger.progress_bar)
+                  precision=cfg.trainer.precision, progress=cfg.logger.progress_bar, endpoint=a.endpoint)
     annotated = [row for _, row in read_jsonl(scored)]
     labelled = label_sft_rows(rows, annotated) if is_sft else sdg_to_sft(annotated)
     path = out_dir / "train.jsonl"
@@ -447,8 +447,9 @@ def rm_score(cfg, generations: Path, attribute: str) -> dict:
 
     key = f"rm_{attribute}"
     rm_dir = cfg.annotate.reward_model
-    if not rm_dir or attribute not in read_rm_config(rm_dir)["trained_attributes"]:
-        return {key: None}
+    if not rm_dir or str(rm_dir).startswith(("http://", "https://")) or \
+            attribute not in read_rm_config(rm_dir)["trained_attributes"]:
+        return {key: None}  # an endpoint's attributes are not known before asking: not measured
     scored = generations.with_name(generations.stem + ".scored.jsonl")
     annotate_file(generations, scored, rm_dir, cfg.annotate.batch_size, device=loop.pick_device(cfg.trainer),
                   precision=cfg.trainer.precision, progress=False)

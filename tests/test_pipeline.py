@@ -15,9 +15,11 @@ from recipes import pipeline
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.test_sdg_generate import make_tiny_checkpoint
 
-STAGES = ["rm_data", "rm", "baseline", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1", "rpo_2"]
+STAGES = ["rm_data", "rm", "baseline", "prompts", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1",
+          "rpo_2"]
 # The demo preset on the tiny model, every stage shortened.
 SHORT = ("pipeline=demo", *TINY, "trainer.max_steps=2", "sdg.n_responses=2", "sdg.max_new_tokens=6",
+         "sdg_prompts.max_new_tokens=12",
          "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4", "eval.mmlu.limit=1", "eval.gsm8k.limit=1",
          "eval.gsm8k.max_gen_toks=6", "eval.humaneval.limit=1", "eval.humaneval.max_new_tokens=6")
 
@@ -142,8 +144,13 @@ def test_manifest_records_config_inputs_outputs_timings_metrics(history):
         assert s[name]["metrics"]["eval"]["humaneval"]["n_problems"] == 1 and "gsm8k" in s[name]["metrics"]["eval"]
     assert "overall" in s["rm"]["metrics"]["eval"]["reward_bench"]
     assert s["sft"]["metrics"]["train"]["steps"] == 2 and "val_loss" in s["sft"]["metrics"]["train"]
-    assert s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 1
-    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == 12
+    # Prompts made from data/demo/topics.txt, counted per task at every filter, feed generation.
+    tasks = s["prompts"]["metrics"]["data"]["outputs"]
+    assert "prompts.jsonl [open_qa]" in tasks and "prompts.jsonl [math]" in tasks
+    assert s["prompts"]["outputs"]["output"]["path"] in s["sdg"]["inputs"]
+    generated = s["sdg"]["metrics"]["data"]["generated"]
+    assert 0 < generated <= 16 and s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 0
+    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == generated
 
 
 def test_report_has_table_paper_numbers_counts_and_plots(history):
@@ -153,7 +160,9 @@ def test_report_has_table_paper_numbers_counts_and_plots(history):
     assert "| stage | runs | status |" in text and "| IFEval P-strict |" in text.replace(" IFEval I-strict |", "")
     assert "| sft | sft | done |" in text and "| sft | + General SFT | - / 7.99 | " in text and " / 78.3 | " in text
     assert "| rpo_2 | + RPO iter 2 | - / 8.31 | " in text and " / 79.9 | " in text and "RewardBench 92.0" in text
-    assert "## Data at each filter" in text and "| train_dpo.jsonl | 12 |" in text
+    generated = manifest(pdir)["stages"]["sdg"]["metrics"]["data"]["generated"]
+    assert "## Data at each filter" in text and f"| train_dpo.jsonl | {generated} |" in text
+    assert "**prompts** (sdg_prompts)" in text and "| prompts.jsonl [open_qa] |" in text
     for png in ("eval_across_stages.png", "train_rm.png", "train_sft.png", "train_dpo.png", "train_rpo_2.png"):
         assert (pdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{png})" in text
@@ -247,9 +256,14 @@ def test_nemotron4_preset_plans_nemo_commands(tmp_path, capsys):
     pipeline.run(compose_cfg(*overrides), overrides)
     out = capsys.readouterr().out
     assert not (tmp_path / "manifest.json").exists()
-    for name in ("rm_data", "rm", "sdg", "annotate", "dpo_data", "rpo_data", "code_sft", "general_sft", "dpo",
-                 "rpo_1", "rpo_2", "rpo_3", "final_eval"):
+    for name in ("rm_data", "rm", "prompts", "dialogues", "sdg", "annotate", "dpo_data", "rpo_data", "code_sft",
+                 "general_sft", "dpo", "rpo_1", "rpo_2", "rpo_3", "final_eval"):
         assert f" {name} " in out
+    # Every SDG stage's requests: 30 macro topics x 10 subtopics, lists per topic and keyword, refinements.
+    assert ("requests (openai generator): macro_topics 1, subtopics 30, lists 722, refine 2640, assistant_turns 1666, "
+            "second_user_turns 1000, total 6059") in out
+    assert "requests: P dialogues x 5 generator (3 assistant + 2 user turns) + P x 3 reward model (endpoint)" in out
+    assert "requests (reward endpoint https://integrate.api.nvidia.com/v1): one per response of" in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_reward_model.py" in out
     assert "NeMo-Aligner: python /opt/NeMo-Aligner/examples/nlp/gpt/train_gpt_dpo.py" in out
     # Each stage starts from the previous one's .nemo; the first ones (rm, code_sft) from the model given.

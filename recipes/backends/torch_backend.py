@@ -19,6 +19,9 @@ STAGES = {
     "prep_helpsteer2": "recipes.prep",
     "prep_sdg": "recipes.prep",
     "sdg_generate": "recipes.sdg_generate",  # N responses per prompt -> SDG records for rm_annotate
+    "sdg_prompts": "recipes.sdg_prompts",  # synthetic prompts from topics, documents and keywords
+    "sdg_dialogue": "recipes.sdg_dialogue",  # role-played multi-turn dialogues, RM-filtered -> SFT rows
+    "rm_serve": "recipes.rm_serve",  # a reward model over Nemotron-4-340B-Reward's HTTP API
     "steerlm_sft": "recipes.steerlm",  # SFT on SteerLM-labelled rows + steerlm.json in the checkpoint
     "generate": "recipes.generate",  # steerable generation (stage=generate steer.verbosity=...)
     "steerlm": "recipes.steerlm",  # experiment=steerlm: annotate -> steerlm_sft -> generate -> report

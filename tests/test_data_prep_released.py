@@ -1,0 +1,64 @@
+"""Released synthetic sets as they are published: nvidia/Daring-Anteater conversations -> SFT rows, HelpSteer2's
+preference subset -> DPO/RPO pairs, with the validation and reject reporting of every data-prep script."""
+
+import json
+
+import pytest
+
+from data_prep.daring_anteater import convert_daring_anteater
+from data_prep.daring_anteater import main as da_main
+from data_prep.helpsteer2_preference import convert_helpsteer2_preference
+from data_prep.jsonl import RowError
+from data_prep.schemas import validate_dpo_pair, validate_sft_chat
+from tests.conftest import REPO
+
+DA = REPO / "tests" / "fixtures" / "daring_anteater" / "train.jsonl"
+PREF = REPO / "tests" / "fixtures" / "helpsteer2_preference" / "preference.jsonl"
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_daring_anteater_rows_become_sft_rows_with_counts(tmp_path):
+    rep = convert_daring_anteater(str(DA), tmp_path, on_bad_row="skip")
+    assert rep["input"] == {"rows_in": 8, "rows_ok": 5, "rejected": {
+        "bad row (conversations[].from)": 2, "bad row (mask)": 1}}
+    c = rep["outputs"]["train.jsonl"]
+    assert (c["rows_in"], c["rows_out"], c["rejected"]) == (5, 3, {"duplicate_prompt": 1, "empty_text": 1})
+    rows = lines(tmp_path / "train.jsonl")
+    assert all(validate_sft_chat(r) == [] for r in rows) and len(rows) == 3
+    assert rows[0]["conversations"][3] == {"from": "Assistant", "label": None,
+                                            "value": "No. One season is weather; warming is a trend in the long-term averages."}
+    assert rows[1]["system"] == "You are a careful math tutor."
+    assert "kept per source dataset: open_platypus_commercial 1, synthetic_conv 1, synthetic_math 1" in rep["notes"]
+    rejects = {r["line"]: r["reason"] for r in lines(tmp_path / "rejects.jsonl")}
+    assert rejects == {6: "the last turn must be 'Assistant'", 7: "must be 'User' or 'Assistant', got 'user'",
+                       8: "must be 'User' (the turns not trained on), got 'Assistant'", 4: "duplicate_prompt",
+                       5: "empty_text"}
+
+
+def test_daring_anteater_bad_row_stops_with_file_line_field(tmp_path, capsys):
+    with pytest.raises(RowError, match=r"train.jsonl:6: conversations\[0\]"):
+        convert_daring_anteater(str(DA), tmp_path)
+    assert da_main(["--input", str(DA), "--output-dir", str(tmp_path / "cli"), "--on-bad-row", "skip",
+                    "--val-fraction", "0.5"])["outputs"]["val.jsonl"]["rows_in"] >= 0
+    assert "input rows" in capsys.readouterr().out
+
+
+def test_helpsteer2_preference_rows_become_pairs(tmp_path):
+    rep = convert_helpsteer2_preference(str(PREF), tmp_path, on_bad_row="skip")
+    assert rep["input"]["rows_in"] == 5 and rep["input"]["rejected"] == {"bad row (preference_strength)": 1}
+    tr, va = rep["outputs"]["train_dpo.jsonl"], rep["outputs"]["val_dpo.jsonl"]
+    assert (tr["rows_in"], tr["rows_out"], tr["rejected"]) == (3, 2, {"tie": 1})
+    assert (va["rows_in"], va["rows_out"]) == (1, 1)
+    pairs = lines(tmp_path / "train_dpo.jsonl")
+    assert all(validate_dpo_pair(p) == [] for p in pairs)
+    haiku, pct = pairs
+    assert haiku["chosen_response"].startswith("Leaves drift") and haiku["chosen_reward"] == 3.0  # strength -3
+    assert pct["chosen_response"] == "15% of 80 is 12.\n<extra_id_1>" and pct["rejected_reward"] == 0.0
+    assert pct["prompt"] == "<extra_id_0>System\n\n<extra_id_1>User\nWhat is 15% of 80?\n<extra_id_1>Assistant\n"
+    val = lines(tmp_path / "val_dpo.jsonl")[0]  # the multi-turn prompt stays one User turn, as NeMo-Aligner's
+    assert "Hello! How can I help?\n<extra_id_1>User\nTell me a joke.\n<extra_id_1>Assistant\n" in val["prompt"]
+    strong = convert_helpsteer2_preference(str(PREF), tmp_path / "strong", min_strength=3, on_bad_row="skip")
+    assert strong["outputs"]["train_dpo.jsonl"]["rejected"] == {"tie": 1, "weak_preference": 1}
