@@ -22,10 +22,11 @@ def lines(path):
 
 def test_daring_anteater_rows_become_sft_rows_with_counts(tmp_path):
     rep = convert_daring_anteater(str(DA), tmp_path, on_bad_row="skip")
-    assert rep["input"] == {"rows_in": 8, "rows_ok": 5, "rejected": {
-        "bad row (conversations[].from)": 2, "bad row (mask)": 1}}
+    # An empty answer is a bad row of the SFT schema itself (data_prep/schemas.py), before any filter.
+    assert rep["input"] == {"rows_in": 8, "rows_ok": 4, "rejected": {
+        "bad row (conversations[].value)": 1, "bad row (conversations[].from)": 2, "bad row (mask)": 1}}
     c = rep["outputs"]["train.jsonl"]
-    assert (c["rows_in"], c["rows_out"], c["rejected"]) == (5, 3, {"duplicate_prompt": 1, "empty_text": 1})
+    assert (c["rows_in"], c["rows_out"], c["rejected"]) == (4, 3, {"duplicate_prompt": 1})
     rows = lines(tmp_path / "train.jsonl")
     assert all(validate_sft_chat(r) == [] for r in rows) and len(rows) == 3
     assert rows[0]["conversations"][3] == {"from": "Assistant", "label": None,
@@ -35,11 +36,11 @@ def test_daring_anteater_rows_become_sft_rows_with_counts(tmp_path):
     rejects = {r["line"]: r["reason"] for r in lines(tmp_path / "rejects.jsonl")}
     assert rejects == {6: "the last turn must be 'Assistant'", 7: "must be 'User' or 'Assistant', got 'user'",
                        8: "must be 'User' (the turns not trained on), got 'Assistant'", 4: "duplicate_prompt",
-                       5: "empty_text"}
+                       5: "the Assistant answer is empty"}
 
 
 def test_daring_anteater_bad_row_stops_with_file_line_field(tmp_path, capsys):
-    with pytest.raises(RowError, match=r"train.jsonl:6: conversations\[0\]"):
+    with pytest.raises(RowError, match=r"train.jsonl:5: conversations\[1\].value"):
         convert_daring_anteater(str(DA), tmp_path)
     assert da_main(["--input", str(DA), "--output-dir", str(tmp_path / "cli"), "--on-bad-row", "skip",
                     "--val-fraction", "0.5"])["outputs"]["val.jsonl"]["rows_in"] >= 0

@@ -174,11 +174,11 @@ def test_from_reruns_that_stage_and_the_rest_though_done(history):
     assert [n for n in STAGES if after[n]["finished"] != before[n]["finished"]] == ["rpo_1", "rpo_2"]
     assert after["rpo_1"]["attempts"] == before["rpo_1"]["attempts"] + 1 and after["rpo_1"]["resumed"] is False
     out = history["from_out"]
-    assert "=== [10/11] rpo_1 (rpo): run (selected by pipeline.from=rpo_1)" in out
-    assert "=== [11/11] rpo_2 (rpo): run (selected by pipeline.from=rpo_1)" in out
+    assert "=== [11/12] rpo_1 (rpo): run (selected by pipeline.from=rpo_1)" in out
+    assert "=== [12/12] rpo_2 (rpo): run (selected by pipeline.from=rpo_1)" in out
     # The end: one line per stage with its numbers, then where everything is.
-    assert "  9. dpo            dpo              -       done" in out
-    assert "IFEval prompt/instr-strict" in out.split(" 11. rpo_2")[1].splitlines()[0]
+    assert " 10. dpo            dpo              -       done" in out
+    assert "IFEval prompt/instr-strict" in out.split(" 12. rpo_2")[1].splitlines()[0]
     pdir = history["pdir"]
     for line in (f"  report:    {pdir / 'report.md'}", f"  log:       {pdir / 'pipeline.log'}",
                  f"  last checkpoint: {pdir / 'rpo_2' / 'checkpoints' / 'final'} (rpo_2)"):
@@ -188,12 +188,12 @@ def test_from_reruns_that_stage_and_the_rest_though_done(history):
 def test_run_logs_land_in_the_pipeline_and_stage_directories(history):
     pdir = history["pdir"]
     log = (pdir / "pipeline.log").read_text()  # every run appended to it, headers included
-    assert "=== [9/11] dpo (dpo): resume (failed earlier; resume in the same directory)" in log
+    assert "=== [10/12] dpo (dpo): resume (failed earlier; resume in the same directory)" in log
     assert "][recipes.dpo][INFO] reference log-probs for train_dpo.jsonl" in log
     assert log.count("][launch][ERROR] KeyboardInterrupt") == 1  # the kill, with its traceback, logged once
     assert "[launch][ERROR] KeyboardInterrupt" in (pdir / "dpo" / "launch.log").read_text()  # resumed: kept
     stage_log = (pdir / "rpo_2" / "launch.log").read_text()  # its own records only
-    assert "][recipes.dpo][INFO] train: {'rows': 12" in stage_log and "recipes.sft" not in stage_log
+    assert "][recipes.dpo][INFO] train: {'rows': 16" in stage_log and "recipes.sft" not in stage_log
     assert all((pdir / n / "launch.log").is_file() for n in STAGES)
 
 
