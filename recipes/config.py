@@ -52,6 +52,9 @@ class OptimConfig:
 @dataclass
 class DatasetConfig:
     file_path: Optional[str] = None
+    # SFT only: pack several conversations into each row of up to data.max_seq_length tokens
+    # (recipes/packing.py; NeMo-Aligner's key, there for pre-packed .npy files of non-chat data).
+    packed_sequence: bool = False
 
 
 @dataclass
@@ -133,6 +136,9 @@ class ModelConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: ModelDataConfig = field(default_factory=ModelDataConfig)
     gradient_checkpointing: bool = False
+    # Label log-probs through the output head this many label positions at a time, never the full
+    # B x T x V logits (recipes/logprobs.py); 0 = the plain path (every position, full logits).
+    logprob_chunk_tokens: int = 1024
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rpo: RPOConfig = field(default_factory=RPOConfig)
     reward_model_type: str = "regression"  # NeMo-Aligner key; the torch backend trains regression heads
@@ -449,6 +455,12 @@ def validate(cfg) -> list[str]:
         problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)} (backend={cfg.backend.name})")
     if cfg.model.global_batch_size < 1 or cfg.model.micro_batch_size < 1:
         problems.append("model.global_batch_size and model.micro_batch_size must be >= 1")
+    if cfg.model.logprob_chunk_tokens < 0:
+        problems.append("model.logprob_chunk_tokens must be >= 0 (0 = full logits)")
+    packed = [k for k in ("train_ds", "validation_ds") if cfg.model.data[k].packed_sequence]
+    if packed and (cfg.stage.name not in ("sft", "steerlm_sft") or cfg.backend.name != "torch"):
+        problems.append(f"model.data.{packed[0]}.packed_sequence=true: packing is for stage=sft/steerlm_sft on "
+                        f"backend=torch (NeMo-Aligner packs no chat data), not stage={cfg.stage.name} backend={cfg.backend.name}")
     return problems
 
 
