@@ -16,6 +16,9 @@ time (all threads of the process; steadier than wall time on a shared machine) a
   train forward  recipes.dpo.batch_logps in train mode with autograd: a training step's forward
   train step     that forward, the DPO loss and backward (no optimizer step)
 
+`--chunk-sweep 0,256,1024` instead runs three training steps (forward, backward, AdamW) per chunk
+size, each in its own process, and prints the median CPU time per step and the peak RSS.
+
 Shapes: `small` is bench/bench_dpo.py's (hidden 256, 4 layers, vocabulary 1,536, 8 pairs of
 64 + 64 tokens); `vocab128k` is the issue's (the same body with a 128,256-entry untied head,
 4 pairs of 512 + 512 tokens).
@@ -94,15 +97,46 @@ def variants(model, pairs, chunk: int) -> dict:
             "train forward": train_forward(False), "train step": train_forward(True)}
 
 
+def step_memory(shape: dict, chunk: int, steps: int = 3) -> None:
+    """Train steps (forward, backward, AdamW) with one chunk size; prints CPU per step and peak RSS."""
+    import resource
+
+    model, pairs = make(shape)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    cpu = []
+    for _ in range(steps):
+        c = time.process_time()
+        lc, lr, _, _ = dpo.batch_logps(model, pairs, 0, torch.device("cpu"), "32", chunk)
+        dpo_loss(lc, lr, torch.zeros_like(lc), torch.zeros_like(lr), beta=0.1).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        cpu.append(time.process_time() - c)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"| {chunk} | {statistics.median(cpu[1:]):.1f} | {rss:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=list(SHAPES), default="small")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=1024, help="model.logprob_chunk_tokens for 'after' and training")
+    ap.add_argument("--chunk-sweep", help="comma-separated chunk sizes: instead, time whole training steps and "
+                    "read the peak RSS, each size in its own process (e.g. 0,256,512,1024,4096)")
+    ap.add_argument("--step-memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = SHAPES[args.shape]
+    if args.step_memory is not None:
+        return step_memory(shape, args.step_memory)
+    if args.chunk_sweep:
+        import subprocess
+
+        print("| model.logprob_chunk_tokens | CPU per step (s) | peak RSS (GB) |\n|---|---|---|", flush=True)
+        for c in args.chunk_sweep.split(","):
+            subprocess.run([sys.executable, __file__, "--shape", args.shape, "--threads", str(args.threads),
+                            "--step-memory", c], check=True)
+        return
     model, pairs = make(shape)
     runs = variants(model, pairs, args.chunk)
     times: dict[str, list] = {k: [] for k in runs}
