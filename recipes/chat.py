@@ -36,6 +36,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # input_ids where trained, IGNORE_INDEX elsewhere (unshifted)
     truncated: bool = False
+    position_ids: list[int] | None = None  # packed rows only (recipes/packing.py): restart per conversation
 
     @property
     def loss_mask(self) -> list[int]:

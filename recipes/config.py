@@ -55,6 +55,9 @@ class DatasetConfig:
     # datasets.load_dataset). Rows: NeMo's format or TRL's (`messages`; `prompt`/`chosen`/`rejected`).
     file_path: Optional[str] = None
     split: Optional[str] = None  # dataset dirs and hub ids: null = train (train_ds), validation or test (validation_ds)
+    # SFT only: pack several conversations into each row of up to data.max_seq_length tokens
+    # (recipes/packing.py; NeMo-Aligner's key, there for pre-packed .npy files of non-chat data).
+    packed_sequence: bool = False
 
 
 @dataclass
@@ -141,6 +144,9 @@ class ModelConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: ModelDataConfig = field(default_factory=ModelDataConfig)
     gradient_checkpointing: bool = False
+    # Label log-probs through the output head this many label positions at a time, never the full
+    # B x T x V logits (recipes/logprobs.py); 0 = the plain path (every position, full logits).
+    logprob_chunk_tokens: int = 1024
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rpo: RPOConfig = field(default_factory=RPOConfig)
     reward_model_type: str = "regression"  # NeMo-Aligner key; the torch backend trains regression heads
@@ -670,6 +676,11 @@ def validate(cfg) -> list[str]:
             problems.append(f"{key}={value!r} is not one of {', '.join(allowed)}")
     if cfg.stage.name not in STAGES:
         problems.append(f"stage {cfg.stage.name!r} is not one of {', '.join(STAGES)} (backend={cfg.backend.name})")
+    packed = [k for k in ("train_ds", "validation_ds") if cfg.model.data[k].packed_sequence]
+    if packed and (cfg.stage.name not in ("sft", "steerlm_sft") or cfg.backend.name != "torch"):
+        problems.append(f"model.data.{packed[0]}.packed_sequence=true: packing is for stage=sft/steerlm_sft on "
+                        f"backend=torch (NeMo-Aligner packs no chat data), not stage={cfg.stage.name} "
+                        f"backend={cfg.backend.name}")
     from recipes.ranges import check as check_ranges
 
     problems += check_ranges(cfg)  # every number within its range (recipes/ranges.py)

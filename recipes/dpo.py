@@ -29,9 +29,9 @@ import torch
 from tqdm import tqdm
 
 from data_prep.jsonl import Rejects
-from recipes import loop, ref_cache
+from recipes import logprobs, loop, ref_cache
 from recipes.chat import IGNORE_INDEX
-from recipes.losses import REWARD_AWARE, preference_loss, preference_metrics, sequence_logps
+from recipes.losses import REWARD_AWARE, preference_loss, preference_metrics
 from recipes.models import (RECIPE_FILE, final_merged, is_peft, load_causal_lm, load_hf_tokenizer, load_policy,
                             recipe_meta, resolve_name)
 from recipes.preference_data import Pair, encode_pairs, load_pairs, pair_texts, pairs_digest
@@ -40,18 +40,15 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- forward pass
-def batch_logps(model, pairs: list[Pair], pad_id: int, device, precision) -> tuple[torch.Tensor, ...]:
+def batch_logps(model, pairs: list[Pair], pad_id: int, device, precision, chunk_tokens: int) -> tuple[torch.Tensor, ...]:
     """Summed response log-probs and token counts, (B,) each: (chosen, rejected, n_chosen, n_rejected).
 
-    Chosen and rejected go through one forward pass, concatenated along the batch (as NeMo does).
+    Chosen and rejected go through one forward pass, concatenated along the batch (as NeMo does);
+    only response positions reach the output head, `model.logprob_chunk_tokens` at a time.
     """
-    encs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    input_ids = loop.pad_batch([e.input_ids for e in encs], pad_id).to(device)
-    labels = loop.pad_batch([e.labels for e in encs], IGNORE_INDEX).to(device)
-    attention = loop.pad_batch([[1] * len(e.input_ids) for e in encs], 0).to(device)
+    batch = logprobs.collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
     with loop.autocast(device, precision):
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-    logps, n = sequence_logps(logits, labels)  # sums; means are derived where asked for
+        logps, n = logprobs.sequence_logps(model, batch, chunk_tokens)  # sums; means are derived where asked for
     b = len(pairs)
     return logps[:b], logps[b:], n[:b], n[b:]
 
@@ -71,17 +68,27 @@ def load_reference(path: str, tokenizer, device):
     return model.to(device)
 
 
-@torch.no_grad()
 def compute_reference(model, pairs: list[Pair], cfg, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Reference log-probs of every pair: a forward pass and nothing else. Eval mode (no dropout),
+    no_grad, no KV cache, only response positions through the output head (bench/bench_ref_pass.py:
+    at a 128k vocabulary the head over every position was half the cost); pairs go in order of
+    length, so a micro-batch carries little padding (values are per pair, written back in input
+    order). Not inference_mode: it gains nothing measurable, and a buffer a model caches lazily
+    during the pass (some rotary tables) would then be an inference tensor that training cannot use."""
     was_training = model.training
     model.eval()
-    out: dict[str, list] = {"chosen_logps": [], "rejected_logps": [], "chosen_tokens": [], "rejected_tokens": []}
-    for mb in loop.micro_batches(list(range(len(pairs))), cfg.model.micro_batch_size):
-        values = batch_logps(model, [pairs[i] for i in mb], pad_id, device, cfg.trainer.precision)
-        for name, v in zip(out, values):
-            out[name].append(v.float().cpu() if v.is_floating_point() else v.cpu())
+    n = len(pairs)
+    out = {"chosen_logps": torch.zeros(n), "rejected_logps": torch.zeros(n),
+           "chosen_tokens": torch.zeros(n, dtype=torch.long), "rejected_tokens": torch.zeros(n, dtype=torch.long)}
+    order = sorted(range(n), key=lambda i: max(len(pairs[i].chosen.input_ids), len(pairs[i].rejected.input_ids)))
+    with torch.no_grad():
+        for mb in loop.micro_batches(order, cfg.model.micro_batch_size):
+            values = batch_logps(model, [pairs[i] for i in mb], pad_id, device, cfg.trainer.precision,
+                                 cfg.model.logprob_chunk_tokens)
+            for name, v in zip(out, values):
+                out[name][mb] = v.to("cpu", out[name].dtype)
     model.train(was_training)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return out
 
 
 def attach_reference_logps(cfg, policy, tokenizer, datasets: list[tuple[str, list[Pair]]], device) -> None:
@@ -179,7 +186,8 @@ def train_step(model, optimizer, pairs: list[Pair], indices: list[int], cfg, pad
     parts, n_tokens = [], 0
     for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
         mb_pairs = [batch[i] for i in mb]
-        t = pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision))
+        t = pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision,
+                                                       cfg.model.logprob_chunk_tokens))
         (t["loss"].sum() / len(batch)).backward()  # divided by the *global* batch size
         parts.append({k: v.detach() for k, v in t.items()})
         n_tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in mb_pairs)
@@ -198,7 +206,8 @@ def validate(model, pairs: list[Pair], cfg, pad_id: int, device) -> dict:
     parts = []
     for mb in loop.micro_batches(list(range(len(pairs))), cfg.model.micro_batch_size)[:limit]:
         mb_pairs = [pairs[i] for i in mb]
-        parts.append(pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision)))
+        parts.append(pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision,
+                                                       cfg.model.logprob_chunk_tokens)))
     model.train()
     return {f"val_{k}": v for k, v in summarise(parts, cfg.model.dpo).items()}
 
@@ -264,7 +273,7 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)
         idx = loop.global_batch_indices(step, len(train), gbs, cfg.seed, cfg.data.shuffle)
         m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
-        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
+        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
         done = step + 1
         if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(model, val, cfg, pad_id, device))

@@ -70,6 +70,7 @@ RANGES: dict[str, Range] = {
     "trainer.num_nodes": POSITIVE_INT,
     # model: batches, optimiser, LoRA, the tiny model
     "model.micro_batch_size": POSITIVE_INT,
+    "model.logprob_chunk_tokens": COUNT,  # 0 = the full logits (the reference path)
     "model.global_batch_size": POSITIVE_INT,
     "model.optim.lr": above(0),
     "model.optim.weight_decay": COUNT,

@@ -7,6 +7,8 @@ loss masks -> loop over global batches (gradient accumulation over micro-batches
 The loss of a global batch is the token-level cross-entropy summed over every
 trained token of all its micro-batches divided by the number of those tokens, so
 accumulation 4 x micro-batch 1 gives the same update as 1 x 4 (NeMo-RL's rule).
+With `model.data.train_ds.packed_sequence=true` the examples are packed rows of several
+conversations (recipes/packing.py) and the same rule holds: packing changes no token's loss.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_prep.jsonl import Rejects
-from recipes import loop
+from recipes import logprobs, loop, packing
 from recipes.chat import IGNORE_INDEX, Encoded
 from recipes.data import encode_sft_rows, load_sft, sft_texts
 from recipes.models import final_merged, load_policy, recipe_meta
@@ -27,17 +28,11 @@ from recipes.models import final_merged, load_policy, recipe_meta
 log = logging.getLogger(__name__)
 
 
-def token_loss_sum(model, batch: list[Encoded], pad_id: int, device, precision) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over trained tokens of a micro-batch, and their count."""
-    input_ids = loop.pad_batch([e.input_ids for e in batch], pad_id).to(device)
-    labels = loop.pad_batch([e.labels for e in batch], IGNORE_INDEX).to(device)
-    attention = loop.pad_batch([[1] * len(e.input_ids) for e in batch], 0).to(device)
+def token_loss_sum(model, batch: list[Encoded], pad_id: int, device, precision, chunk_tokens: int) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over trained tokens of a micro-batch, and their count
+    (only labelled positions reach the output head, `model.logprob_chunk_tokens` at a time)."""
     with loop.autocast(device, precision):
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-    # Position t predicts token t+1.
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
+        return logprobs.nll_sum(model, logprobs.collate(batch, pad_id, device), chunk_tokens)
 
 
 def n_trained(batch: list[Encoded]) -> int:
@@ -51,7 +46,8 @@ def validate(model, examples: list[Encoded], cfg, pad_id: int, device) -> dict:
     limit = cfg.trainer.limit_val_batches or None
     batches = loop.micro_batches(list(range(len(examples))), cfg.model.micro_batch_size)[:limit]
     for idx in batches:
-        loss, n = token_loss_sum(model, [examples[i] for i in idx], pad_id, device, cfg.trainer.precision)
+        loss, n = token_loss_sum(model, [examples[i] for i in idx], pad_id, device, cfg.trainer.precision,
+                                 cfg.model.logprob_chunk_tokens)
         total, count = total + float(loss), count + n
     model.train()
     return {"val_loss": total / max(count, 1)}
@@ -63,7 +59,8 @@ def train_step(model, optimizer, examples: list[Encoded], indices: list[int], cf
     denom = max(n_trained(batch), 1)  # trained tokens in the *global* batch
     total, n_tokens = 0.0, 0
     for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
-        loss, _ = token_loss_sum(model, [batch[i] for i in mb], pad_id, device, cfg.trainer.precision)
+        loss, _ = token_loss_sum(model, [batch[i] for i in mb], pad_id, device, cfg.trainer.precision,
+                                 cfg.model.logprob_chunk_tokens)
         (loss / denom).backward()
         total += float(loss.detach())
         n_tokens += sum(len(batch[i].input_ids) for i in mb)
@@ -72,7 +69,7 @@ def train_step(model, optimizer, examples: list[Encoded], indices: list[int], cf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total / denom, "grad_norm": float(grad_norm), "tokens": n_tokens}
+    return {"loss": total / denom, "grad_norm": float(grad_norm), "tokens": n_tokens, "trained_tokens": denom}
 
 
 def run(cfg, run_dir: Path) -> Path:
@@ -98,6 +95,14 @@ def run(cfg, run_dir: Path) -> Path:
     if not train:
         raise ValueError(f"{train_path}: no trainable examples after filtering")
     log.info("train: %s; validation: %d examples", counts, len(val))
+    max_len, packed = cfg.data.max_seq_length, cfg.model.data.train_ds.packed_sequence
+    if packed:  # a global batch is then model.global_batch_size packed rows
+        n = len(train)
+        train = packing.pack(train, max_len)
+        log.info("packed %d conversations into %d rows of up to %d tokens: packing efficiency %.1f%% "
+                 "(tokens used / tokens available)", n, len(train), max_len, 100 * packing.efficiency(train, max_len))
+    if val and cfg.model.data.validation_ds.packed_sequence:
+        val = packing.pack(val, max_len)
 
     gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
     if gbs % mbs:
@@ -118,7 +123,11 @@ def run(cfg, run_dir: Path) -> Path:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)
         idx = loop.global_batch_indices(step, len(train), gbs, cfg.seed, cfg.data.shuffle)
         m = train_step(model, optimizer, train, idx, cfg, pad_id, device)
-        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
+        n_tokens = m.pop("tokens")
+        m.update(lr=lr, tokens_per_s=speed.tick(n_tokens), step_time_s=speed.last_dt,
+                 trained_tokens_per_s=m.pop("trained_tokens") / speed.last_dt)
+        if packed:
+            m["packing_efficiency"] = n_tokens / (len(idx) * max_len)
         done = step + 1
         if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(model, val, cfg, pad_id, device))

@@ -47,7 +47,8 @@ def cfg_for(run_dir: Path, *overrides: str, stage: str = "dpo", data: Path = FIX
 
 def train_rows(run_dir: Path) -> list[dict]:
     """Logged training metrics, without the wall-clock ones."""
-    return [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in loop.read_metrics(run_dir) if "loss" in m]
+    return [{k: v for k, v in m.items() if k not in ("tokens_per_s", "step_time_s")}
+            for m in loop.read_metrics(run_dir) if "loss" in m]
 
 
 def last_val(run_dir: Path) -> dict:
