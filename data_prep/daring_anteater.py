@@ -29,7 +29,7 @@ from data_prep.filters import EMPTY, FilterConfig, Filters, add_filter_args, fil
 from data_prep.inputs import DataPrepError, is_hub_id, iter_file, load_hub_split_rows, validated
 from data_prep.jsonl import Rejects
 from data_prep.pairs import PromptGroup, in_validation
-from data_prep.report import Output, Report, print_summary, run_cli, write_outputs
+from data_prep.report import Output, Report, print_summary, run_cli, write_output_set
 from data_prep.schemas import TURN_START, render_turns, sft_chat_row, validate_daring_anteater_row
 
 HUB_ID = "nvidia/Daring-Anteater"
@@ -49,8 +49,9 @@ def source_rows(spec: str, validate, on_bad_row: str, bad: Rejects, data_dir: st
 
 def convert_daring_anteater(input: str = HUB_ID, output_dir: str | Path = "data/daring_anteater",
                             val_fraction: float = 0.0, seed: int = 1234, on_bad_row: str = "error",
-                            filters: FilterConfig | None = None) -> dict:
-    """Convert Daring-Anteater rows; returns the report (also output_dir/report.json)."""
+                            filters: FilterConfig | None = None, allow_empty: bool = False) -> dict:
+    """Convert Daring-Anteater rows; returns the report (also output_dir/report.json). A result with no
+    rows fails (data_prep/report.py: refuse_empty) unless `allow_empty`."""
     if not 0 <= val_fraction < 1:
         raise DataPrepError(f"val_fraction must be in [0, 1), got {val_fraction}")
     fcfg = filters or FilterConfig()
@@ -90,11 +91,7 @@ def convert_daring_anteater(input: str = HUB_ID, output_dir: str | Path = "data/
     report.notes.append("kept per source dataset: " + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
     files = {n: Output(lambda gs=kept[n]: [sft_chat_row(g.system, g.turns[:-1], g.turns[-1][1]) for g in gs],
                        sum(len(v) + 60 for g in kept[n] for _, v in g.turns)) for n in names}
-    report.check()
-    for name, lines in write_outputs(Path(output_dir), files).items():
-        report.outputs[name].lines = lines
-    report.write(Path(output_dir))
-    return report.as_dict()
+    return write_output_set(report, output_dir, files, allow_empty)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,10 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--val-fraction", type=float, default=0.0, help="held-out share, by a seeded hash (default 0)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write empty output files when the filters remove every row (default: exit code 2)")
     add_filter_args(p, dedup_default=True)
     a = p.parse_args(argv)
     report = convert_daring_anteater(a.input, a.output_dir, a.val_fraction, a.seed, a.on_bad_row,
-                                     filter_config_from_args(a))
+                                     filter_config_from_args(a), a.allow_empty)
     print_summary(report, a.output_dir)
     return report
 

@@ -33,9 +33,8 @@ from pathlib import Path
 from data_prep.filters import FilterConfig, Filters, add_filter_args, filter_config_from_args
 from data_prep.inputs import DataPrepError, find_split_files, has_table_suffix, is_hub_id, iter_file, load_hub_split_rows, validated
 from data_prep.jsonl import Rejects, atomic_write_bytes
-from data_prep.output_set import OutputSet
 from data_prep.pairs import IDENTICAL, TIE, TOO_FEW, PromptGroup, Response, in_validation, parse_weights, select_pairs
-from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_outputs
+from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_output_set
 from data_prep.schemas import (
     END_OF_NAME,
     END_OF_TURN,
@@ -101,20 +100,15 @@ def convert_helpsteer2(input: str = HUB_ID, output_dir: str | Path = "data/helps
             _preference_split(prefix, rows, cfg, filters, report, files)
         else:
             _regular_split(prefix, rows, cfg, filters, report, files)
-    report.check()
-    report.refuse_empty(cfg.allow_empty)  # before anything is written
-    with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
-        for name, lines in write_outputs(staged.dir, files).items():
-            report.outputs[name].lines = lines
-        if cfg.epochs > 1:  # the NeMo recipe's `cat train_reg.jsonl train_reg.jsonl > train_reg_2_epoch.jsonl`
-            name, base = f"train_reg_{cfg.epochs}_epoch.jsonl", report.outputs["train_reg.jsonl"]
-            atomic_write_bytes(staged.dir / name, (staged.dir / "train_reg.jsonl").read_bytes() * cfg.epochs)
-            c = report.output(name, f"train_reg.jsonl row, repeated {cfg.epochs}x")
-            c.rows_in = c.rows_out = base.rows_out
-            c.lines = base.lines * cfg.epochs
-        report.write(staged.dir)
-        staged.commit()
-    return report.as_dict()
+
+    def repeat_train_reg(staged: Path) -> None:  # the NeMo recipe's `cat train_reg.jsonl train_reg.jsonl > ...`
+        name, base = f"train_reg_{cfg.epochs}_epoch.jsonl", report.outputs["train_reg.jsonl"]
+        atomic_write_bytes(staged / name, (staged / "train_reg.jsonl").read_bytes() * cfg.epochs)
+        c = report.output(name, f"train_reg.jsonl row, repeated {cfg.epochs}x")
+        c.rows_in = c.rows_out = base.rows_out
+        c.lines = base.lines * cfg.epochs
+
+    return write_output_set(report, out, files, cfg.allow_empty, repeat_train_reg if cfg.epochs > 1 else None)
 
 
 def _make_config(config: HelpSteer2Config | None, overrides: dict) -> HelpSteer2Config:

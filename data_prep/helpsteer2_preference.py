@@ -8,13 +8,15 @@ NeMo-Aligner does; this reader makes pairs for preference training from them ins
 `response_2` and `preference_strength` in -3..3: negative means response_1 is better, 0 that they are as
 good. Per row, when |strength| >= `min_strength` (default 1, so ties are dropped):
 
-    {"prompt": "<extra_id_0>System\\n\\n<extra_id_1>User\\n{prompt}\\n<extra_id_1>Assistant\\n",
-     "chosen_response": "{better}\\n<extra_id_1>", "rejected_response": "{worse}\\n<extra_id_1>",
+    {"prompt": [{"role": "system", "content": ""}, {"role": "user", "content": "{prompt}"}],
+     "chosen_response": {"role": "assistant", "content": "{better}"},
+     "rejected_response": {"role": "assistant", "content": "{worse}"},
      "chosen_reward": |strength|, "rejected_reward": 0}
 
-into `train_dpo.jsonl` / `val_dpo.jsonl` (by the `split` column; the prompt is one User turn, as
-NeMo-Aligner's HelpSteer2 scripts keep multi-turn prompts). The reward gap is the preference strength, so
-RPO fits its implicit reward gap to the annotators' strength (our choice: the card gives strengths, not
+into `train_dpo.jsonl` / `val_dpo.jsonl` (by the `split` column). Message lists, as data_prep.helpsteer2 and
+data_prep.sdg write their pairs, so training renders them in the policy's own template (docs/data_prep.md);
+a prompt with HelpSteer2's embedded `<extra_id_1>Assistant` turns becomes those turns (schemas.split_turns).
+The reward gap is the preference strength, so RPO fits its implicit reward gap to the annotators' strength (our choice: the card gives strengths, not
 rewards). Same validation (`schemas.validate_helpsteer2_preference_row`), filters and report.json /
 rejects.jsonl as every data-prep script.
 """
@@ -29,8 +31,14 @@ from data_prep.filters import FilterConfig, Filters, add_filter_args, filter_con
 from data_prep.inputs import DataPrepError
 from data_prep.jsonl import Rejects
 from data_prep.pairs import IDENTICAL, TIE, PromptGroup
-from data_prep.report import Output, Report, print_summary, run_cli, write_outputs
-from data_prep.schemas import dpo_row, nemotron_prompt, nemotron_response, validate_helpsteer2_preference_row
+from data_prep.report import Output, Report, print_summary, run_cli, write_output_set
+from data_prep.schemas import (
+    assistant_message,
+    chat_messages,
+    dpo_row,
+    split_turns,
+    validate_helpsteer2_preference_row,
+)
 
 HUB_ID = "nvidia/HelpSteer2"
 WEAK = "weak_preference"  # 0 < |strength| < min_strength
@@ -38,8 +46,9 @@ WEAK = "weak_preference"  # 0 < |strength| < min_strength
 
 def convert_helpsteer2_preference(input: str = HUB_ID, output_dir: str | Path = "data/hs2_preference",
                                   min_strength: float = 1.0, system: str = "", on_bad_row: str = "error",
-                                  filters: FilterConfig | None = None) -> dict:
-    """Convert HelpSteer2-Preference rows (hub id, or a local file) into pairs; returns the report."""
+                                  filters: FilterConfig | None = None, allow_empty: bool = False) -> dict:
+    """Convert HelpSteer2-Preference rows (hub id, or a local file) into pairs; returns the report. A result
+    with no pairs fails (data_prep/report.py: refuse_empty) unless `allow_empty`."""
     if not 0 <= min_strength <= 3:
         raise DataPrepError(f"min_strength must be in [0, 3], got {min_strength}")
     fcfg = filters or FilterConfig(dedup=False)  # every HelpSteer2 prompt appears once in the preference subset
@@ -53,7 +62,7 @@ def convert_helpsteer2_preference(input: str = HUB_ID, output_dir: str | Path = 
     report.add_input(len(rows), bad)
     names = {"train": "train_dpo.jsonl", "validation": "val_dpo.jsonl"}
     for n in names.values():
-        report.output(n, "preference row")
+        report.output(n, "pair")
     pairs: dict[str, list] = {n: [] for n in names.values()}
     texts = [r[k] for _, r in rows for k in ("response_1", "response_2")]
     resp_reason = flt.response_reasons(texts)
@@ -75,15 +84,12 @@ def convert_helpsteer2_preference(input: str = HUB_ID, output_dir: str | Path = 
         better, worse = (r["response_1"], r["response_2"]) if s < 0 else (r["response_2"], r["response_1"])
         pairs[name].append((g, better, worse, float(abs(s))))
         report.outputs[name].rows_out += 1
-    files = {n: Output(lambda ps=ps: [dpo_row(nemotron_prompt(g.system, g.turns), nemotron_response(c),
-                                              nemotron_response(j), gap, 0.0) for g, c, j, gap in ps],
+    files = {n: Output(lambda ps=ps: [dpo_row(chat_messages(g.system, split_turns(g.turns[0][1])),
+                                              assistant_message(c), assistant_message(j), gap, 0.0)
+                                      for g, c, j, gap in ps],
                        sum(len(g.turns[0][1]) + len(c) + len(j) + 200 for g, c, j, _ in ps))
              for n, ps in pairs.items()}
-    report.check()
-    for name, lines in write_outputs(Path(output_dir), files).items():
-        report.outputs[name].lines = lines
-    report.write(Path(output_dir))
-    return report.as_dict()
+    return write_output_set(report, output_dir, files, allow_empty)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -95,10 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--min-strength", type=float, default=1.0, help="keep rows with |preference_strength| >= this")
     p.add_argument("--system", default="", help="system prompt of the pairs (default: empty)")
     p.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write empty output files when the filters remove every pair (default: exit code 2)")
     add_filter_args(p, dedup_default=False)
     a = p.parse_args(argv)
     report = convert_helpsteer2_preference(a.input, a.output_dir, a.min_strength, a.system, a.on_bad_row,
-                                           filter_config_from_args(a))
+                                           filter_config_from_args(a), a.allow_empty)
     print_summary(report, a.output_dir)
     return report
 

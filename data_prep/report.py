@@ -54,6 +54,7 @@ FILTER_KEYS = {
     "too_long": "the length filter: data.max_seq_length / --max-seq-length",
     "contaminated": "decontamination: prep.decontaminate / --decontaminate",
     "empty_text": "the empty-text filter: --keep-empty",
+    "weak_preference": "min_strength: --min-strength (data_prep.helpsteer2_preference)",
 }
 
 
@@ -297,3 +298,24 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def write_output_set(report: Report, out_dir: str | os.PathLike, files: dict[str, Output], allow_empty: bool,
+                     extra: Callable[[Path], None] | None = None) -> dict:
+    """The end of every data-prep run: refuse an empty result (`allow_empty` writes it anyway), then build and
+    write `files`, rejects.jsonl and report.json (last) as one set (data_prep/output_set.py), so a reader sees
+    the old set or the new one. `extra(staging_dir)` adds derived files to the set before report.json.
+    Returns report.json's content."""
+    from data_prep.output_set import OutputSet
+
+    report.check()
+    report.refuse_empty(allow_empty)  # before anything is written
+    with OutputSet(out_dir) as staged:
+        for name, lines in write_outputs(staged.dir, files).items():
+            report.outputs[name].lines = lines
+        if extra is not None:
+            extra(staged.dir)
+        report.write(staged.dir)
+        staged.commit()
+    return report.as_dict()
+

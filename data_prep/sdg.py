@@ -30,9 +30,8 @@ from pathlib import Path
 from data_prep.filters import FilterConfig, Filters, add_filter_args, filter_config_from_args
 from data_prep.inputs import DataPrepError, iter_file
 from data_prep.jsonl import Rejects
-from data_prep.output_set import OutputSet
 from data_prep.pairs import IDENTICAL, TOO_FEW, PromptGroup, Response, in_validation, parse_weights, select_pairs
-from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_outputs
+from data_prep.report import Output, Report, print_summary, run_cli, with_overrides, write_output_set
 from data_prep.schemas import (
     ALL_STEERLM_ATTRIBUTES,
     NEMOTRON_340B_REWARD_WEIGHTS,
@@ -112,14 +111,7 @@ def convert_sdg(inputs: str | Path | list, output_dir: str | Path, config: SDGCo
         if split == "val" and cfg.val_fraction <= 0:
             continue
         _convert_split(split, gs, cfg, filters, report, files)
-    report.check()
-    report.refuse_empty(cfg.allow_empty)  # before anything is written
-    with OutputSet(out) as staged:  # the whole set, then report.json last (data_prep/output_set.py)
-        for name, lines in write_outputs(staged.dir, files).items():
-            report.outputs[name].lines = lines
-        report.write(staged.dir)
-        staged.commit()
-    return report.as_dict()
+    return write_output_set(report, out, files, cfg.allow_empty)
 
 
 def _make_config(config: SDGConfig | None, overrides: dict) -> SDGConfig:

@@ -8,6 +8,7 @@ import pytest
 from data_prep.daring_anteater import convert_daring_anteater
 from data_prep.daring_anteater import main as da_main
 from data_prep.helpsteer2_preference import convert_helpsteer2_preference
+from data_prep.inputs import DataPrepError
 from data_prep.jsonl import RowError
 from data_prep.schemas import validate_dpo_pair, validate_sft_chat
 from tests.conftest import REPO
@@ -56,10 +57,20 @@ def test_helpsteer2_preference_rows_become_pairs(tmp_path):
     pairs = lines(tmp_path / "train_dpo.jsonl")
     assert all(validate_dpo_pair(p) == [] for p in pairs)
     haiku, pct = pairs
-    assert haiku["chosen_response"].startswith("Leaves drift") and haiku["chosen_reward"] == 3.0  # strength -3
-    assert pct["chosen_response"] == "15% of 80 is 12.\n<extra_id_1>" and pct["rejected_reward"] == 0.0
-    assert pct["prompt"] == "<extra_id_0>System\n\n<extra_id_1>User\nWhat is 15% of 80?\n<extra_id_1>Assistant\n"
-    val = lines(tmp_path / "val_dpo.jsonl")[0]  # the multi-turn prompt stays one User turn, as NeMo-Aligner's
-    assert "Hello! How can I help?\n<extra_id_1>User\nTell me a joke.\n<extra_id_1>Assistant\n" in val["prompt"]
-    strong = convert_helpsteer2_preference(str(PREF), tmp_path / "strong", min_strength=3, on_bad_row="skip")
+    # Message lists, as every pair writer of ours (docs/data_prep.md): training renders them in the policy's template.
+    assert haiku["chosen_response"]["content"].startswith("Leaves drift") and haiku["chosen_reward"] == 3.0  # -3
+    assert pct["chosen_response"] == {"role": "assistant", "content": "15% of 80 is 12."}
+    assert pct["rejected_reward"] == 0.0
+    assert pct["prompt"] == [{"role": "system", "content": ""}, {"role": "user", "content": "What is 15% of 80?"}]
+    val = lines(tmp_path / "val_dpo.jsonl")[0]  # HelpSteer2's embedded turns become messages (schemas.split_turns)
+    assert val["prompt"] == [{"role": "system", "content": ""}, {"role": "user", "content": "User: Hi"},
+                             {"role": "assistant", "content": "Hello! How can I help?"},
+                             {"role": "user", "content": "Tell me a joke."}]
+    assert not any("<extra_id_" in json.dumps(p) for p in pairs + [val])
+    with pytest.raises(DataPrepError, match=r"val_dpo.jsonl: all 1 pair rows removed by weak_preference 1 "
+                                            r"\(change min_strength: --min-strength"):  # no silent empties
+        convert_helpsteer2_preference(str(PREF), tmp_path / "strong", min_strength=3, on_bad_row="skip")
+    assert not (tmp_path / "strong" / "report.json").exists()  # refused before anything is written
+    strong = convert_helpsteer2_preference(str(PREF), tmp_path / "strong", min_strength=3, on_bad_row="skip",
+                                           allow_empty=True)
     assert strong["outputs"]["train_dpo.jsonl"]["rejected"] == {"tie": 1, "weak_preference": 1}
