@@ -254,6 +254,17 @@ def as_forward(model, fn, *args):
     return call(fn, *args) if call is not None else fn(*args)
 
 
+def reshard(model) -> None:
+    """Free the gathered weights a forward without backward left behind. FSDP2 keeps the root's weights
+    gathered after its forward (backward would need them at once), and while they are gathered the
+    module's parameters *are* the full tensors: an optimizer built then would step those, not the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def clip_grad_norm(model, max_norm: float) -> float:
     """Clip the trainable parameters' gradients to `max_norm` (0: no clipping) by their global norm; returns it."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -420,7 +431,7 @@ def first_error(errors: Path, err) -> str:
     if found:
         return min(found, key=lambda r: (r["comm"], r["rank"]))["message"]
     rank_, failure = min(err.failures.items())
-    how = f"signal {failure.signal_name()}" if failure.signal else f"exit code {failure.exitcode}"
+    how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
     return f"rank {rank_} ended ({how}) without an error message"
 
 
@@ -532,7 +543,9 @@ def sbatch_script(cfg, overrides: list[str], run_dir: Path) -> str:
     ex, t = cfg.executor, cfg.trainer
     repo = Path(__file__).resolve().parents[1]
     name = ex.job_name or f"nemotron-{cfg.stage.name}"
-    args = [o for o in overrides if not o.startswith("executor=")] + ["executor=local"]
+    # Every node must write into the same run directory (a timestamped default would differ per node).
+    args = [o for o in overrides if not o.startswith(("executor=", "exp_manager.explicit_log_dir="))]
+    args += [f"exp_manager.explicit_log_dir={run_dir}", "executor=local"]
     lines = ["#!/bin/bash", f"#SBATCH --job-name={shell_word(name)}", f"#SBATCH --nodes={t.num_nodes}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={t.devices}", f"#SBATCH --time={ex.time}"]
     lines += [f"#SBATCH --account={shell_word(ex.account)}"] if ex.account else []

@@ -92,6 +92,8 @@ def compute_reference(model, pairs: list[Pair], cfg, pad_id: int, device) -> dic
                 for name, v in zip(names, values):
                     parts[name].append(v.double().cpu())
     model.train(was_training)
+    if distributed.is_sharded(model):
+        distributed.reshard(model)  # before the optimizer is built from the parameters
     where = distributed.gather_cat(torch.tensor(done, dtype=torch.long))
     out = {}
     for name in names:

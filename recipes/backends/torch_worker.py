@@ -18,13 +18,10 @@ from omegaconf import OmegaConf
 
 
 def load_config(run_dir: Path):
-    """The run's config.yaml over the schema (the same types and keys as the launcher's)."""
-    from recipes.config import RunConfig, register_configs
-
-    register_configs()
-    schema = OmegaConf.structured(RunConfig)
-    OmegaConf.set_struct(schema, False)
-    return OmegaConf.merge(schema, OmegaConf.load(run_dir / "config.yaml"))
+    """The run's config.yaml: the launcher's config, resolved and checked (struct: a missing key fails)."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    OmegaConf.set_struct(cfg, True)
+    return cfg
 
 
 def main(run_dir: Path) -> None:
@@ -33,8 +30,8 @@ def main(run_dir: Path) -> None:
     from recipes.backends import torch_backend
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s][%(levelname)s] %(message)s")
-    cfg = load_config(run_dir)
     try:
+        cfg = load_config(run_dir)
         distributed.init(cfg.trainer)
         log_file = runlog.log_file(run_dir / "launch.log") if distributed.is_main() else _nothing()
         with log_file:
