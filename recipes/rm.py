@@ -290,7 +290,7 @@ def run(cfg, run_dir: Path) -> Path:
         units = loop.global_batch_indices(step, n_units, gbs // unit, cfg.seed, cfg.data.shuffle)
         idx = [u * unit + k for u in units for k in range(unit)]
         m = train_step(rm, optimizer, train, idx, cfg, pad_id, device)
-        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
+        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
         done = step + 1
         if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(rm, val, cfg, pad_id, device))

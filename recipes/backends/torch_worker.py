@@ -10,6 +10,7 @@ launch.log) and writes; an error ends this rank with its one line left for the l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def main(run_dir: Path) -> None:
     from recipes.backends import torch_backend
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s][%(levelname)s] %(message)s")
+    end_with_launcher()
     try:
         cfg = load_config(run_dir)
         distributed.init(cfg.trainer)
@@ -48,9 +50,17 @@ def main(run_dir: Path) -> None:
         distributed.close()
 
 
-def _nothing():
-    import contextlib
+def end_with_launcher() -> None:
+    """Linux: die with the launching process. torchrun starts each worker in a session of its own, so a
+    launcher killed with SIGKILL (which cannot forward it) would otherwise leave the ranks training on."""
+    import ctypes
+    import signal
 
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+def _nothing():
     return contextlib.nullcontext()
 
 
