@@ -327,3 +327,8 @@ def test_slurm_writes_an_sbatch_with_torchrun_per_node(tmp_path):
         assert line in text, text
     assert "\n    executor=slurm" not in text  # the job itself runs torchrun, not another sbatch
     assert "sbatch" in r.stdout and not (run_dir / "checkpoints").exists()
+    # Several nodes need someone to start each of them: without executor=slurm, one line says so.
+    r = run(launch_cmd("stage=sft", f"model.data.train_ds.file_path={SFT_DATA}", "trainer.num_nodes=2",
+                       f"exp_manager.explicit_log_dir={tmp_path / 'other'}"))
+    assert r.returncode == 1 and r.stderr.startswith("config error: trainer.num_nodes=2 on backend=torch: add "
+                                                     "executor=slurm"), r.stderr
