@@ -299,20 +299,41 @@ def bad_sft_file(tmp_path: Path) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("how", ["torchrun", "devices"])
-def test_an_error_on_the_ranks_stops_all_with_one_line(tmp_path, how):
-    args = ("stage=sft", f"model.data.train_ds.file_path={bad_sft_file(tmp_path)}", "trainer.max_steps=2",
+def test_a_bad_row_stops_every_rank_with_one_line(tmp_path):
+    r = run(launch_cmd("stage=sft", f"model.data.train_ds.file_path={bad_sft_file(tmp_path)}", "trainer.max_steps=2",
+                       "trainer.devices=2", f"exp_manager.explicit_log_dir={tmp_path / 'run'}"), timeout=120)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: bad.jsonl:4: conversations[0].from: must be 'User' or 'Assistant', got 'user'"], r.stderr
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+RANK_1_FAILS = """
+import os
+if os.environ.get("RANK") == "1":  # only rank 1, at its second step, while rank 0 waits in a collective
+    from recipes import sft
+    real, calls = sft.train_step, []
+    def train_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("simulated failure on rank 1")
+        return real(*args, **kwargs)
+    sft.train_step = train_step
+"""
+
+
+def test_an_error_on_one_rank_stops_the_others_with_its_line(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(RANK_1_FAILS)  # runs at every interpreter's start
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    args = ("stage=sft", f"model.data.train_ds.file_path={SFT_DATA}", "trainer.max_steps=4",
             f"exp_manager.explicit_log_dir={tmp_path / 'run'}")
-    cmd = torchrun_cmd(*args) if how == "torchrun" else launch_cmd(*args, "trainer.devices=2")
-    r = run(cmd, timeout=120)
+    r = subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.stderr[-3000:]
-    assert "bad.jsonl:4: conversations[0].from: must be 'User' or 'Assistant', got 'user'" in errors[0]
-    # No traceback of ours; a user's own torchrun prints its ChildFailedError summary after the line.
+    assert errors == ["error: simulated failure on rank 1"], r.stderr[-3000:]
+    # No traceback of ours; torchrun itself prints its ChildFailedError summary after the line.
     assert f'File "{REPO}' not in r.stderr, r.stderr[-3000:]
-    if how == "devices":
-        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints" / "final").exists()
 
 
 def test_slurm_writes_an_sbatch_with_torchrun_per_node(tmp_path):
