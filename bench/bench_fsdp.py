@@ -6,8 +6,9 @@ Each case trains the real stage twice through launch.py, as a user runs it: one 
 (`python launch.py ...`) and two (`torchrun --standalone --nproc-per-node=2 launch.py ...`), with the
 same global batch, seed and data order. Every process computes with one thread (a rank stands for
 one device; two intra-op threads on a shared 2-core machine only fight), and rounds alternate the two
-so that load from elsewhere on the machine hits both alike. Prints a markdown table (docs/scaling.md cites it): the largest per-step loss difference
-and the median step time after the first (warm-up) step. Nothing is downloaded: the tiny random Llama
+so that load from elsewhere on the machine hits both alike. Prints a markdown table (docs/scaling.md
+cites it): the largest per-step loss difference and the median step time after the first (warm-up)
+step. Nothing is downloaded: the tiny random Llama
 (or a wider one) and the tokenizer are built offline from the data.
 """
 

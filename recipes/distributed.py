@@ -209,7 +209,8 @@ def prepare(model, cfg, device, keep_fp32=()):
     fcfg = cfg.model.fsdp
     mesh = init_device_mesh(device.type, (world_size(),))
     bf16 = uses_bf16(device, cfg.trainer.precision)
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy() if fcfg.cpu_offload and device.type == "cuda" else None
     if fcfg.cpu_offload and offload is None:
         log.warning("model.fsdp.cpu_offload=true does nothing on the CPU")
@@ -501,7 +502,8 @@ def record_error(message: str, comm: bool) -> bool:
     return True
 
 
-COMM_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+COMM_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                 "NCCL communicator was aborted")
 
 
 def is_comm_error(err: BaseException) -> bool:

@@ -238,8 +238,8 @@ def rpo_runs(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("rpo")
     monkeypatch_module.setenv("RECIPES_CACHE", str(root / "cache_one"))
     one_process(dpo, "rpo", root / "one", *RPO_ARGS)
-    two = ok(run(launch_cmd("stage=rpo", *RPO_ARGS, "trainer.devices=2", f"exp_manager.explicit_log_dir={root / 'two'}"),
-                 cache=root / "cache_two"))
+    two = ok(run(launch_cmd("stage=rpo", *RPO_ARGS, "trainer.devices=2",
+                            f"exp_manager.explicit_log_dir={root / 'two'}"), cache=root / "cache_two"))
     return {"root": root, "two": two}
 
 
