@@ -63,6 +63,10 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> None:
 def user_error(err: BaseException) -> bool:
     if isinstance(err, USER_ERRORS):
         return True
+    from recipes.distributed import is_comm_error
+
+    if is_comm_error(err):  # a rank died or timed out: a line, not a traceback (distributed.speaks)
+        return True
     tb = err.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_name in LOADERS:
@@ -73,14 +77,18 @@ def user_error(err: BaseException) -> bool:
 
 def fail(err: BaseException, cfg: DictConfig | None = None) -> None:
     """Bad input, a busy directory, a full disk: one line on stderr, not a traceback (HYDRA_FULL_ERROR=1 shows
-    it)."""
+    it). Under torchrun the line comes once, from the rank that has the cause (distributed.speaks)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
     message = " ".join(str(err).split())[:600] or type(err).__name__
     if not isinstance(err, USER_ERRORS):
         message = f"{type(err).__name__}: {message}"
     message += demo_data_hint(cfg, message) if cfg is not None else ""
+    from recipes import distributed
+
     runlog.to_files(message, logging.ERROR)  # the run's log keeps it too
+    if distributed.launched():
+        distributed.exit_now(message if distributed.speaks(message, distributed.is_comm_error(err)) else None)
     sys.exit(f"error: {message}")
 
 
@@ -138,10 +146,14 @@ def main(cfg: DictConfig) -> None:
     problems = validate(cfg)
     if problems:  # one line per problem
         sys.exit("\n".join(f"config error: {p}" for p in problems))
-    from recipes import pipeline
+    from recipes import distributed, pipeline
 
     overrides = list(HydraConfig.get().overrides.task)
-    if cfg.pipeline.name and not pipeline.picks_stage(overrides):  # `stage=`/`experiment=` run one stage
+    one_stage = not cfg.pipeline.name or pipeline.picks_stage(overrides)  # `stage=`/`experiment=` run one stage
+    problem = distributed.launch_problem(cfg, one_stage)
+    if problem:
+        sys.exit(f"config error: {problem}")
+    if not one_stage:
         return run_pipeline(cfg, overrides)
     run_dir = run_dir_for(cfg)
     if cfg.resume and not cfg.exp_manager.explicit_log_dir:
@@ -150,16 +162,20 @@ def main(cfg: DictConfig) -> None:
         runlog.say(f"dry run: stage {cfg.stage.name} would run on backend torch in {run_dir}; nothing was run or "
                    "written (`--cfg job` prints the resolved config)")
         return
-    from recipes import resume, run_lock
+    if distributed.wants_slurm(cfg):  # backend=torch executor=slurm: an sbatch that runs torchrun per node
+        return submit_slurm(cfg, overrides, run_dir)
+    from recipes import run_lock
 
     # One run per directory, the lock taken before anything is written there (so a refused run never writes
     # into the holder's log); a NeMo dry run, which only writes its command files, takes none. config.yaml is
-    # written once the run is accepted (recipes/resume.py).
+    # written once the run is accepted (recipes/resume.py). Under torchrun rank 0 does all of it; the others
+    # take no lock, write nothing and learn rank 0's decision (distributed.from_main).
     try:
-        lock = contextlib.nullcontext() if cfg.dry_run else run_lock.hold(run_dir)
-        with lock, contextlib.nullcontext() if cfg.dry_run else runlog.log_file(run_dir / "launch.log"):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            finished = resume.accept(cfg, run_dir)
+        distributed.init(cfg.trainer)
+        writes = not cfg.dry_run and distributed.is_main()
+        lock = run_lock.hold(run_dir) if writes else contextlib.nullcontext()
+        with lock, runlog.log_file(run_dir / "launch.log") if writes else contextlib.nullcontext():
+            finished = distributed.from_main(lambda: accept(cfg, run_dir))
             if finished is not None:
                 runlog.say(f"\nNothing to do: {cfg.stage.name} in {run_dir} has finished (final checkpoint "
                            f"{finished}); resume_allow_changes=[...] with a changed setting (e.g. "
@@ -167,11 +183,33 @@ def main(cfg: DictConfig) -> None:
                 return
             runlog.say(f"=== {cfg.stage.name} (backend {cfg.backend.name}): run directory {run_dir}")
             out = run_stage(cfg, run_dir)
-            print_done(cfg, run_dir, Path(out))
+            if distributed.is_main():
+                print_done(cfg, run_dir, Path(out))
     except Exception as err:  # noqa: BLE001 - a busy directory, a refused resume: one line
         if not user_error(err):
             raise
         fail(err, cfg)
+    finally:
+        distributed.close()
+
+
+def accept(cfg: DictConfig, run_dir: Path) -> Path | None:
+    from recipes import resume
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return resume.accept(cfg, run_dir)
+
+
+def submit_slurm(cfg: DictConfig, overrides: list[str], run_dir: Path) -> None:
+    """Write <run dir>/<stage>.sbatch (torchrun per node) and submit it (executor.submit=true) or say how."""
+    from data_prep.jsonl import atomic_write_text
+    from recipes import distributed
+    from recipes.executors import submit_scripts
+
+    path = run_dir / f"{cfg.stage.name}.sbatch"
+    atomic_write_text(path, distributed.sbatch_script(cfg, overrides, run_dir))
+    runlog.say(f"# {path}\n{path.read_text()}")
+    submit_scripts([path], submit=cfg.executor.submit)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ class TrainerConfig:
     save_interval: int = 0  # checkpoint every N steps; 0 = only the final checkpoint
     gradient_clip_val: float = 1.0  # 0 disables clipping
     limit_val_batches: int = 0  # 0 = the whole validation set
-    devices: int = 1  # the torch backend trains on one device; nemo uses these for Megatron
+    # Processes (GPUs) per node and nodes. backend=torch: devices=N > 1 starts N processes (torchrun) that train
+    # with FSDP2 (recipes/distributed.py); num_nodes > 1 needs executor=slurm. backend=nemo: Megatron's.
+    devices: int = 1
     num_nodes: int = 1
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | 32
     accelerator: str = "auto"  # auto | cpu | cuda
@@ -115,6 +117,14 @@ class PeftConfig:
 
 
 @dataclass
+class FSDPConfig:
+    """Several processes (torchrun, trainer.devices > 1): how FSDP2 shards the model (recipes/distributed.py)."""
+
+    cpu_offload: bool = False  # CUDA: keep parameter shards, gradients and the optimizer step on the CPU
+    reshard_after_forward: bool = True  # free each block's gathered weights after forward (ZeRO-3); false: ZeRO-2
+
+
+@dataclass
 class TinyModelConfig:
     """A random Llama built from a config, for tests and smoke runs."""
 
@@ -143,7 +153,12 @@ class ModelConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: ModelDataConfig = field(default_factory=ModelDataConfig)
+    # Recompute each transformer block in backward instead of keeping its activations (transformers'
+    # activation_checkpointing_enable, non-reentrant: works on one device and under FSDP2).
+    # activations_checkpointing is the same switch (NeMo's and transformers' word); it follows this one.
     gradient_checkpointing: bool = False
+    activations_checkpointing: bool = "${.gradient_checkpointing}"  # type: ignore[assignment]
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     # Label log-probs through the output head this many label positions at a time, never the full
     # B x T x V logits (recipes/logprobs.py); 0 = the plain path (every position, full logits).
     logprob_chunk_tokens: int = 1024

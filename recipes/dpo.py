@@ -26,10 +26,9 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data_prep.jsonl import Rejects
-from recipes import logprobs, loop, ref_cache
+from recipes import distributed, logprobs, loop, ref_cache
 from recipes.chat import IGNORE_INDEX
 from recipes.losses import REWARD_AWARE, preference_loss, preference_metrics
 from recipes.models import (RECIPE_FILE, final_merged, is_peft, load_causal_lm, load_hf_tokenizer, load_policy,
@@ -65,7 +64,7 @@ def load_reference(path: str, tokenizer, device):
     model = load_causal_lm(path, torch.float32, key)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"model.dpo.reference={path}: vocabulary smaller than the policy tokenizer's")
-    return model.to(device)
+    return model
 
 
 def compute_reference(model, pairs: list[Pair], cfg, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -74,20 +73,34 @@ def compute_reference(model, pairs: list[Pair], cfg, pad_id: int, device) -> dic
     at a 128k vocabulary the head over every position was half the cost); pairs go in order of
     length, so a micro-batch carries little padding (values are per pair, written back in input
     order). Not inference_mode: it gains nothing measurable, and a buffer a model caches lazily
-    during the pass (some rotary tables) would then be an inference tensor that training cannot use."""
+    during the pass (some rotary tables) would then be an inference tensor that training cannot use.
+    Several processes: each computes its share of the micro-batches, and every rank gets all values."""
     was_training = model.training
     model.eval()
     n = len(pairs)
-    out = {"chosen_logps": torch.zeros(n), "rejected_logps": torch.zeros(n),
-           "chosen_tokens": torch.zeros(n, dtype=torch.long), "rejected_tokens": torch.zeros(n, dtype=torch.long)}
+    names = ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens")
     order = sorted(range(n), key=lambda i: max(len(pairs[i].chosen.input_ids), len(pairs[i].rejected.input_ids)))
+    batches = loop.micro_batches(order, cfg.model.micro_batch_size)
+    mine, per = distributed.share(batches)
+    done, parts = [], {k: [] for k in names}
     with torch.no_grad():
-        for mb in loop.micro_batches(order, cfg.model.micro_batch_size):
-            values = batch_logps(model, [pairs[i] for i in mb], pad_id, device, cfg.trainer.precision,
+        for mb in mine + [[]] * (per - len(mine)):  # an empty one: a stand-in, as many passes on every rank
+            values = batch_logps(model, [pairs[i] for i in mb or batches[0]], pad_id, device, cfg.trainer.precision,
                                  cfg.model.logprob_chunk_tokens)
-            for name, v in zip(out, values):
-                out[name][mb] = v.to("cpu", out[name].dtype)
+            if mb:
+                done += mb
+                for name, v in zip(names, values):
+                    parts[name].append(v.double().cpu())
     model.train(was_training)
+    if distributed.is_sharded(model):
+        distributed.reshard(model)  # before the optimizer is built from the parameters
+    where = distributed.gather_cat(torch.tensor(done, dtype=torch.long))
+    out = {}
+    for name in names:
+        dtype = torch.long if name.endswith("tokens") else torch.float32
+        values = distributed.gather_cat(torch.cat(parts[name]) if parts[name] else torch.zeros(0, dtype=torch.float64))
+        out[name] = torch.zeros(n, dtype=dtype)
+        out[name][where] = values.to(dtype)
     return out
 
 
@@ -102,6 +115,8 @@ def attach_reference_logps(cfg, policy, tokenizer, datasets: list[tuple[str, lis
     reference = cfg.model.dpo.reference
     identity = ref_cache.reference_identity(cfg.model, reference, len(tokenizer), cfg.seed)
     numerics = {"device": device.type, "precision": cfg.trainer.precision}
+    if distributed.world_size() > 1 and loop.uses_bf16(device, cfg.trainer.precision):
+        numerics["fsdp_params"] = "bf16"  # FSDP computes with bf16 weights, one GPU with float32 ones
     todo = []
     for path, pairs in datasets:
         if not pairs:
@@ -109,14 +124,14 @@ def attach_reference_logps(cfg, policy, tokenizer, datasets: list[tuple[str, lis
         parts = ref_cache.entry_parts(identity, path, pairs_digest(pairs), cfg.data, numerics)
         key = ref_cache.key_of(parts)
         cached = ref_cache.load(key, len(pairs))
-        if cached is None:
+        if distributed.sum_all(int(cached is None)):  # all ranks compute, or none (a cache may be node-local)
             todo.append((path, pairs, key, parts))
         else:
             log.info("reference log-probs for %s: cache hit (%s)", Path(path).name, key)
             _attach(pairs, cached)
     if not todo:
         return
-    model = load_reference(reference, tokenizer, device) if reference else policy
+    model = distributed.prepare(load_reference(reference, tokenizer, device), cfg, device) if reference else policy
     no_adapter = policy.disable_adapter() if not reference and is_peft(policy) else contextlib.nullcontext()
     done: dict[str, dict] = {}  # validation_ds may be the training file: compute it once
     with no_adapter:
@@ -124,7 +139,8 @@ def attach_reference_logps(cfg, policy, tokenizer, datasets: list[tuple[str, lis
             if key not in done:
                 log.info("reference log-probs for %s: computing %d pairs (cached as %s)", Path(path).name, len(pairs), key)
                 done[key] = compute_reference(model, pairs, cfg, tokenizer.pad_token_id, device)
-                ref_cache.save(key, done[key], parts)
+                if distributed.local_rank() == 0:  # one writer per node (the cache may be node-local)
+                    ref_cache.save(key, done[key], parts)
             _attach(pairs, done[key])
     if reference:  # free the reference model: training never needs it again
         del model
@@ -166,8 +182,9 @@ def pair_terms(dpo_cfg, pairs: list[Pair], lc, lr, nc, nr) -> dict[str, torch.Te
 
 
 def summarise(parts: list[dict], dpo_cfg) -> dict[str, float]:
-    """Global-batch metrics: losses, NeMo's acc/rewards_*, margin, and for RPO the gap fit."""
-    t = {k: torch.cat([p[k].detach().float() for p in parts]) for k in parts[0]}
+    """Global-batch metrics: losses, NeMo's acc/rewards_*, margin, and for RPO the gap fit (several processes:
+    over every rank's pairs, gathered in batch order)."""
+    t = {k: distributed.gather_cat(torch.cat([p[k].detach().float() for p in parts])) for k in parts[0]}
     m = {"loss": t["loss"].mean(), "preference_loss": t["pref"].mean(), "sft_loss": t["sft"].mean()}
     m.update(preference_metrics(t["pc"], t["pr"], t["rc"], t["rr"]))
     delta = (t["pc"] - t["rc"]) - (t["pr"] - t["rr"])  # implicit reward gap Δ, unscaled
@@ -180,34 +197,37 @@ def summarise(parts: list[dict], dpo_cfg) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- steps
+def terms(model, pairs: list[Pair], cfg, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """pair_terms of one micro-batch, from a forward pass of the policy."""
+    return pair_terms(cfg.model.dpo, pairs, *batch_logps(model, pairs, pad_id, device, cfg.trainer.precision,
+                                                         cfg.model.logprob_chunk_tokens))
+
+
 def train_step(model, optimizer, pairs: list[Pair], indices: list[int], cfg, pad_id: int, device) -> dict:
-    """One optimizer step over a global batch, accumulating micro-batch gradients."""
-    batch = [pairs[i] for i in indices]
+    """One optimizer step over a global batch, accumulating micro-batch gradients (several processes: each
+    its share of the batch, recipes/distributed.py)."""
     parts, n_tokens = [], 0
-    for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
-        mb_pairs = [batch[i] for i in mb]
-        t = pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision,
-                                                       cfg.model.logprob_chunk_tokens))
-        (t["loss"].sum() / len(batch)).backward()  # divided by the *global* batch size
-        parts.append({k: v.detach() for k, v in t.items()})
-        n_tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in mb_pairs)
-    clip = cfg.trainer.gradient_clip_val
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    for mb in distributed.micro_batches(indices, cfg.model.micro_batch_size):
+        t = terms(model, [pairs[i] for i in mb or indices[:1]], cfg, pad_id, device)  # empty: a zero-weight stand-in
+        (t["loss"].sum() / len(indices) * bool(mb)).backward()  # divided by the *global* batch size
+        parts.append({k: v.detach()[:len(mb)] for k, v in t.items()})
+        n_tokens += sum(len(pairs[i].chosen.input_ids) + len(pairs[i].rejected.input_ids) for i in mb)
+    grad_norm = distributed.clip_grad_norm(model, cfg.trainer.gradient_clip_val)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**summarise(parts, cfg.model.dpo), "grad_norm": float(grad_norm), "tokens": n_tokens}
+    return {**summarise(parts, cfg.model.dpo), "grad_norm": grad_norm, "tokens": distributed.sum_all(n_tokens)}
 
 
 @torch.no_grad()
 def validate(model, pairs: list[Pair], cfg, pad_id: int, device) -> dict:
     model.eval()
     limit = cfg.trainer.limit_val_batches or None
+    batches = loop.micro_batches(list(range(len(pairs))), cfg.model.micro_batch_size)[:limit]
+    mine, per = distributed.share(batches)  # each rank its share (one process: all of them)
     parts = []
-    for mb in loop.micro_batches(list(range(len(pairs))), cfg.model.micro_batch_size)[:limit]:
-        mb_pairs = [pairs[i] for i in mb]
-        parts.append(pair_terms(cfg.model.dpo, mb_pairs, *batch_logps(model, mb_pairs, pad_id, device, cfg.trainer.precision,
-                                                       cfg.model.logprob_chunk_tokens)))
+    for mb in mine + [[]] * (per - len(mine)):  # an empty one: a stand-in, as many passes on every rank
+        t = terms(model, [pairs[i] for i in mb or batches[0]], cfg, pad_id, device)
+        parts.append({k: v[:len(mb)] for k, v in t.items()})
     model.train()
     return {f"val_{k}": v for k, v in summarise(parts, cfg.model.dpo).items()}
 
@@ -217,9 +237,7 @@ def check_settings(cfg) -> None:
     d = cfg.model.dpo
     if d.preference_loss_weight == 0 and d.sft_loss_weight == 0:
         raise ValueError("model.dpo.preference_loss_weight and model.dpo.sft_loss_weight are both 0: nothing to train")
-    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    if gbs % mbs:
-        raise ValueError(f"model.global_batch_size={gbs} must be a multiple of model.micro_batch_size={mbs}")
+    distributed.check_batch(cfg.model.global_batch_size, cfg.model.micro_batch_size)
     if cfg.stage.name == "rpo" and d.preference_loss not in REWARD_AWARE:
         log.warning("stage=rpo with model.dpo.preference_loss=%s ignores the rewards", d.preference_loss)
 
@@ -243,12 +261,12 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
 
     # Template and LoRA/full choice: the starting checkpoint's unless given (models.inherit).
     tokenizer, model = load_policy(cfg, pair_texts(train_rows))
-    model = model.to(device)
+    model = distributed.prepare(model, cfg, device)  # to the device, or sharded over the processes
     model.train()
     recipe = recipe_meta(cfg)
     train, counts = encode_pairs(train_rows, train_path, tokenizer, cfg.data, cfg.model.data, rejects)
     val = encode_pairs(val_rows, val_path, tokenizer, cfg.data, cfg.model.data, rejects)[0] if val_rows else []
-    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
+    if loop.save_rejects(rejects, run_dir):
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
     if not train:
         raise ValueError(f"{train_path}: no trainable pairs after filtering")
@@ -267,7 +285,7 @@ def train_once(cfg, run_dir: Path, desc: str) -> Path:
     logger = loop.MetricsLogger(run_dir, cfg, resume=ckpt is not None)
     pad_id = tokenizer.pad_token_id
 
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not cfg.logger.progress_bar)
+    bar = loop.progress(cfg, start, steps, desc)
     speed = loop.Throughput()
     for step in bar:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)

@@ -65,14 +65,14 @@ def launch(jobs: list[Job], cfg, run_dir: Path) -> Path:
     print(f"\nwrote {manifest}")
     if cfg.dry_run:
         if ex.name == "slurm":
-            _submit([Path(r["sbatch"]) for r in records], submit=False)
+            submit_scripts([Path(r["sbatch"]) for r in records], submit=False)
         print("dry run: nothing was run or submitted")
         return jobs[-1].checkpoint
     if ex.name == "local":
         for job in jobs:
             _run_local(job, cfg)
     elif ex.name == "slurm":
-        _submit([Path(r["sbatch"]) for r in records], submit=ex.submit)
+        submit_scripts([Path(r["sbatch"]) for r in records], submit=ex.submit)
     else:
         _nemo_run(jobs, cfg, Path(run_dir))
     return jobs[-1].checkpoint
@@ -185,7 +185,7 @@ def sbatch_script(job: Job, cfg) -> str:
     return "\n".join(lines)
 
 
-def _submit(scripts: list[Path], submit: bool) -> None:
+def submit_scripts(scripts: list[Path], submit: bool) -> None:
     """sbatch the scripts in order, each after the previous one succeeds (afterok), or say how to."""
     if not submit:
         chain = [f"J1=$(sbatch --parsable {shell_word(scripts[0])})"]

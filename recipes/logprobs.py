@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recipes import loop
+from recipes import distributed, loop
 from recipes.chat import IGNORE_INDEX, Encoded
 from recipes.losses import sequence_logps as full_sequence_logps
 
@@ -75,7 +75,8 @@ def output_head(model) -> torch.nn.Linear:
 
 
 def final_hidden(model, batch: Batch) -> Tensor:
-    """(B, T, H) final hidden states from the model's body (under LoRA too: peft forwards the lookup)."""
+    """(B, T, H) final hidden states from the model's body (under LoRA too: peft forwards the lookup).
+    Call it through distributed.as_forward: a sharded model gathers its root weights for it."""
     return model.get_decoder()(**_inputs(batch)).last_hidden_state
 
 
@@ -187,13 +188,17 @@ def check_head(model) -> None:
     n_vocab = head.weight.shape[0]
     batch = _probe_batch(model, [(7 * i + 3) % n_vocab for i in range(8)])
 
+    def head_logits():
+        return _project(final_hidden(model, batch), head.weight, head.bias, head.weight.dtype)
+
     def gap():
         full = model(**_inputs(batch)).logits.float()
-        ours = _project(final_hidden(model, batch), head.weight, head.bias, head.weight.dtype)
+        ours = distributed.as_forward(model, head_logits)
         return float((full - ours).abs().max()), float(full.abs().max())
 
     diff, scale = _probe(model, gap)
-    if diff > 1e-4 * max(1.0, scale):
+    tolerance = 1e-4 if head.weight.dtype in (torch.float32, torch.float64) else 2e-2  # bf16 weights under FSDP
+    if diff > tolerance * max(1.0, scale):
         hints = [k for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")
                  if getattr(model.config, k, None) not in (None, 1, 1.0)]
         raise ValueError(f"model.logprob_chunk_tokens: {type(model).__name__}'s logits are not lm_head(final hidden "
@@ -210,8 +215,9 @@ def check_packing(model) -> None:
     a, b = [(5 * i + 1) % n_vocab for i in range(6)], [(11 * i + 2) % n_vocab for i in range(5)]
 
     def gap():
-        packed = final_hidden(model, _probe_batch(model, a + b, list(range(6)) + list(range(5))))[0, 6:]
-        alone = final_hidden(model, _probe_batch(model, b))[0]
+        packed = distributed.as_forward(model, final_hidden, model,
+                                        _probe_batch(model, a + b, list(range(6)) + list(range(5))))[0, 6:]
+        alone = distributed.as_forward(model, final_hidden, model, _probe_batch(model, b))[0]
         return float((packed - alone).abs().max())
 
     diff = _probe(model, gap)
@@ -239,6 +245,10 @@ def label_logps(model, batch: Batch, chunk_tokens: int) -> tuple[Tensor, Tensor]
     if batch.position_ids is not None:
         check_packing(model)
     check_head(model)
+    return distributed.as_forward(model, _label_logps, model, batch, chunk_tokens)
+
+
+def _label_logps(model, batch: Batch, chunk_tokens: int) -> tuple[Tensor, Tensor]:
     targets = batch.labels[:, 1:]
     mask = targets != IGNORE_INDEX  # position t predicts label t+1
     hidden = final_hidden(model, batch)[:, :-1][mask]  # (N, H)

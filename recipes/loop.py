@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from data_prep.jsonl import append_bytes, atomic_write_text, write_error
+from recipes import distributed
 from recipes.models import RECIPE_FILE, is_peft, save_hf
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,13 @@ def pick_device(trainer_cfg) -> torch.device:
     return torch.device("cpu")
 
 
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    return precision in ("bf16", "bf16-mixed") or (precision == "auto" and device.type == "cuda")
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on CUDA (weights stay fp32), plain fp32 on CPU unless bf16 is asked for."""
-    use_bf16 = precision in ("bf16", "bf16-mixed") or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    if uses_bf16(device, precision):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -114,6 +119,19 @@ def micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
     return [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
 
 
+def progress(cfg, start: int, steps: int, desc: str):
+    """The steps of a training loop, with a progress bar (rank 0 only, unless logger.progress_bar=false)."""
+    return tqdm(range(start, steps), initial=start, total=steps, desc=desc,
+                disable=not cfg.logger.progress_bar or not distributed.is_main())
+
+
+def save_rejects(rejects, run_dir: Path) -> bool:
+    """Write (or clear) `<run dir>/rejects.jsonl` on rank 0; whether there are rejects, on every rank."""
+    if distributed.is_main():
+        rejects.save(run_dir / "rejects.jsonl")  # also removes a stale one from an earlier run
+    return len(rejects) > 0
+
+
 def pad_batch(seqs: list[list[int]], pad_value: int) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [pad_value] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -131,6 +149,11 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, cfg, resume: bool):
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
+        self.fields: list[str] | None = None
+        self.wandb = None
+        self.enabled = distributed.is_main()  # one process writes the metrics: rank 0
+        if not self.enabled:
+            return
         ckpt = latest_checkpoint(run_dir) if resume else None
         step = int(ckpt.name.split("_")[1]) if ckpt is not None else 0
         if ckpt is None:
@@ -138,8 +161,6 @@ class MetricsLogger:
                 p.unlink(missing_ok=True)
         else:
             cut_metrics(run_dir, step)
-        self.fields: list[str] | None = None
-        self.wandb = None
         wcfg = cfg.logger.wandb
         if wcfg.enabled and wcfg.mode != "disabled":
             import wandb
@@ -154,6 +175,8 @@ class MetricsLogger:
             )
 
     def log(self, metrics: dict, step: int) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}}
         append_bytes(self.jsonl, (json.dumps(row) + "\n").encode())
         self._csv_row(row)
@@ -273,9 +296,15 @@ def save_checkpoint(run_dir: Path, name: str, model, tokenizer, optimizer=None, 
     Holds a loadable HF checkpoint (safetensors + tokenizer + config; a LoRA run without `merged`: the
     adapter, loaded on recipe.json's base_model), `recipe.json` (models.recipe_meta, plus `adapter_only`),
     and for resumable checkpoints the optimizer state (`optimizer.safetensors`) and `trainer_state.json`.
+    A model sharded over several processes is written by recipes/distributed.py: resumable checkpoints
+    sharded (torch.distributed.checkpoint), the final one gathered on rank 0 and written here.
     """
+    if distributed.is_sharded(model):
+        return distributed.save(run_dir, name, model, optimizer, state, lambda plain: save_checkpoint(
+            run_dir, name, plain, tokenizer, merged=merged, extra_files=extra_files, extra_tensors=extra_tensors,
+            recipe=recipe))
     ckpt_root = run_dir / "checkpoints"
-    final, tmp, old = ckpt_root / name, ckpt_root / f".tmp-{name}", ckpt_root / f".old-{name}"
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_hf(model, tokenizer, tmp, merged=merged)
@@ -294,19 +323,30 @@ def save_checkpoint(run_dir: Path, name: str, model, tokenizer, optimizer=None, 
     except BaseException as err:
         # A full disk (or Ctrl-C) mid-save: the partial copy goes, so it does not keep the disk full; the
         # checkpoints already there stay as they were. The message gives the space left when it failed.
-        if "No space left" in str(err) and not isinstance(err, OSError):  # safetensors' own SafetensorError
-            err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        failure = write_error(final, err) if isinstance(err, OSError) else None
+        failure = checkpoint_failure(final, err)
         shutil.rmtree(tmp, ignore_errors=True)
         if failure is not None:
             raise failure from None
         raise
-    if final.exists():  # the old one goes only once the new one is complete
+    replace_dir(tmp, final)
+    return final
+
+
+def checkpoint_failure(final: Path, err: BaseException) -> OSError | None:
+    """The one-line error for a failed checkpoint write (a full disk: with the space left), or None."""
+    if "No space left" in str(err) and not isinstance(err, OSError):  # safetensors' (or DCP's) own error
+        err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write_error(final, err) if isinstance(err, OSError) else None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a complete `tmp` to `final`; an older `final` goes only once the new one is in place."""
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -316,6 +356,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
     """Restore trainable weights, optimizer and RNG from a checkpoint written by save_checkpoint."""
+    if distributed.is_sharded(model):
+        return distributed.load(ckpt, model, optimizer)
+    if (ckpt / "dcp").is_dir():
+        n = json.loads((ckpt / "trainer_state.json").read_text()).get("world_size", "several")
+        raise ValueError(f"{ckpt} was written by {n} processes; resume it with several processes "
+                         f"(torchrun --nproc_per_node=N or trainer.devices=N, N > 1)")
     if is_peft(model):
         from peft import set_peft_model_state_dict
 

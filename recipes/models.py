@@ -270,7 +270,7 @@ def load_model(model_cfg, tokenizer, seed: int, dtype=torch.float32):
         model = build_tiny_model(model_cfg.tiny, tokenizer, seed)
     else:
         model = load_causal_lm(model_dir(model_cfg), dtype)
-    if model_cfg.gradient_checkpointing:
+    if model_cfg.activations_checkpointing:  # = model.gradient_checkpointing unless set
         model.gradient_checkpointing_enable()
     return model
 

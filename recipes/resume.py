@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 
 TRAINING = ("sft", "steerlm_sft", "rm", "dpo", "rpo")
 INPUTS_FILE = "inputs.json"
-# Read by training but never change the weights it ends with: when validation and checkpoints happen,
-# and the device counts the torch backend ignores (it trains on one device).
+# Read by training but never change the weights it ends with: when validation and checkpoints happen, and
+# how many processes share the work and how they shard it (N processes make the same updates as one; a
+# checkpoint of several processes resumes on any number > 1: recipes/distributed.py).
 SAFE = ("trainer.val_check_interval", "trainer.limit_val_batches", "trainer.save_interval", "trainer.devices",
-        "trainer.num_nodes")
+        "trainer.num_nodes", "model.fsdp")
 PATH_KEYS = ("file_path", "name_or_path", "reference", "gguf_file")  # paths even when relative, without a "/"
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from data_prep.schemas import STEERLM_SYSTEM_PROMPT, regression_text
-from recipes import loop
+from recipes import distributed, loop
 from recipes.models import load_model, resolve_peft_scheme, start_recipe
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,11 @@ def rewards(attributes: Tensor, weights) -> Tensor:
 def save_rm_checkpoint(run_dir: Path, name: str, rm: RewardModel, tokenizer, meta: dict, optimizer=None,
                        state: dict | None = None, merged: bool = False, recipe: dict | None = None) -> Path:
     """Write `<run dir>/checkpoints/<name>/` atomically (loop.save_checkpoint): the backbone, tokenizer,
-    optimizer and RNG state, recipe.json, plus `rm_head.safetensors` and `rm_config.json`."""
+    optimizer and RNG state, recipe.json, plus `rm_head.safetensors` and `rm_config.json`. A reward model
+    sharded over several processes: as loop.save_checkpoint does (recipes/distributed.py)."""
+    if distributed.is_sharded(rm):
+        return distributed.save(run_dir, name, rm, optimizer, state, lambda plain: save_rm_checkpoint(
+            run_dir, name, plain, tokenizer, meta, merged=merged, recipe=recipe))
     head = {k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}
     return loop.save_checkpoint(run_dir, name, rm.backbone, tokenizer, optimizer, state, merged=merged,
                                 extra_files={RM_CONFIG_FILE: json.dumps(meta, indent=1)},
@@ -173,6 +177,15 @@ def save_rm_checkpoint(run_dir: Path, name: str, rm: RewardModel, tokenizer, met
 
 def load_head(ckpt: Path, rm: RewardModel) -> None:
     rm.head.load_state_dict(load_file(str(Path(ckpt) / RM_HEAD_FILE)))
+
+
+def load_rm_checkpoint(ckpt: Path, rm: RewardModel, optimizer) -> dict:
+    """Restore a resumable checkpoint of save_rm_checkpoint (backbone, head, optimizer, RNG); its state."""
+    if distributed.is_sharded(rm):
+        return distributed.load(ckpt, rm, optimizer)
+    state = loop.load_checkpoint(ckpt, rm.backbone, optimizer)
+    load_head(ckpt, rm)
+    return state
 
 
 def read_rm_config(ckpt: str | Path) -> dict:

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data_prep.jsonl import Rejects
 from data_prep.schemas import LABEL_START, STEERLM_SYSTEM_PROMPT, SYSTEM_TEMPLATE, validate_regression_rm
-from recipes import loop
+from recipes import distributed, loop
 from recipes.data import read_rows
 from recipes.losses import BT_KINDS, HELPFULNESS_INDEX, attribute_mse, bt_loss, regression_loss
 from recipes.models import load_tokenizer, recipe_meta, resolve_source
-from recipes.reward_model import TEXT_FORMAT, batch_tensors, build_reward_model, encode, load_head, save_rm_checkpoint
+from recipes.reward_model import (TEXT_FORMAT, batch_tensors, build_reward_model, encode, load_rm_checkpoint,
+                                  save_rm_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -125,30 +125,33 @@ def bt_pair_losses(out: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[
 
 
 def train_step(rm, optimizer, examples: list[Example], indices: list[int], cfg, pad_id: int, device) -> dict:
-    """One optimizer step over a global batch (row indices; whole pairs for BT), accumulating micro-batches."""
+    """One optimizer step over a global batch (row indices; whole pairs for BT), accumulating micro-batches
+    (several processes: each its share of the batch, in whole pairs; recipes/distributed.py)."""
     reg = cfg.model.regression
     batch = [examples[i] for i in indices]
     bt = reg.loss_func in BT_KINDS
     # The denominator is fixed by the whole global batch before any micro-batch runs.
     denom = len(batch) // 2 if bt else sum(x != reg.loss_mask_val for e in batch for x in e.label)
     total, wins, n_tokens = 0.0, 0.0, 0
-    for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
-        out, labels = forward(rm, [batch[i] for i in mb], pad_id, device, cfg.trainer.precision)
+    for mb in distributed.micro_batches(indices, cfg.model.micro_batch_size, unit=2 if bt else 1):
+        # An empty micro-batch (a short last batch) runs a zero-weight stand-in: as many passes on every rank.
+        out, labels = forward(rm, [examples[i] for i in mb or indices[:2 if bt else 1]], pad_id, device,
+                              cfg.trainer.precision)
         if bt:
             losses, won = bt_pair_losses(out, labels, reg.loss_func)
             loss = losses.sum() / denom
-            wins += float(won.sum())
         else:
             loss = regression_share(out, labels, denom, reg.loss_mask_val)
-        loss.backward()
-        total += float(loss.detach())
-        n_tokens += sum(len(batch[i].input_ids) for i in mb)
-    clip = cfg.trainer.gradient_clip_val
-    params = [p for p in rm.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        (loss * bool(mb)).backward()
+        if mb:
+            total += float(loss.detach())
+            wins += float(won.sum()) if bt else 0.0
+            n_tokens += sum(len(examples[i].input_ids) for i in mb)
+    grad_norm = distributed.clip_grad_norm(rm, cfg.trainer.gradient_clip_val)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {"loss": total, "grad_norm": float(grad_norm), "tokens": n_tokens}
+    total, wins, n_tokens = distributed.sum_all(total, wins, n_tokens)
+    metrics = {"loss": total, "grad_norm": grad_norm, "tokens": n_tokens}
     if bt:
         metrics["acc"] = wins / denom
     return metrics
@@ -162,11 +165,14 @@ def validate(rm, examples: list[Example], cfg, pad_id: int, device) -> dict:
     rm.eval()
     mbs = cfg.model.micro_batch_size
     batches = loop.micro_batches(list(range(len(examples))), mbs)[: cfg.trainer.limit_val_batches or None]
+    mine, per = distributed.share(batches)  # each rank its share (one process: all of them)
     sse = torch.zeros(reg.num_attributes, dtype=torch.float64)
     counts = torch.zeros(reg.num_attributes, dtype=torch.float64)
     pair_loss, wins, n_pairs = 0.0, 0.0, 0
-    for idx in batches:
-        out, labels = forward(rm, [examples[i] for i in idx], pad_id, device, cfg.trainer.precision)
+    for idx in mine + [[]] * (per - len(mine)):
+        out, labels = forward(rm, [examples[i] for i in idx or batches[0]], pad_id, device, cfg.trainer.precision)
+        if not idx:  # a stand-in: every rank runs as many forward passes
+            continue
         if reg.loss_func in BT_KINDS:
             losses, won = bt_pair_losses(out, labels, reg.loss_func)
             pair_loss, wins, n_pairs = pair_loss + float(losses.sum()), wins + float(won.sum()), n_pairs + len(losses)
@@ -174,6 +180,7 @@ def validate(rm, examples: list[Example], cfg, pad_id: int, device) -> dict:
             mse, n = attribute_mse(out, labels, reg.loss_mask_val)
             sse += (mse.nan_to_num() * n).double().cpu()
             counts += n.double().cpu()
+    sse, counts, pair_loss, wins, n_pairs = distributed.sum_all(sse, counts, pair_loss, wins, n_pairs)
     rm.train()
     if reg.loss_func in BT_KINDS:
         return {"val_loss": pair_loss / max(n_pairs, 1), "val_acc": wins / max(n_pairs, 1)}
@@ -194,9 +201,8 @@ def check_config(cfg) -> None:
         if len(reg[key]) != reg.num_attributes:
             raise ValueError(f"model.regression.{key} has {len(reg[key])} entries; "
                              f"model.regression.num_attributes={reg.num_attributes}")
-    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    if gbs % mbs:
-        raise ValueError(f"model.global_batch_size={gbs} must be a multiple of model.micro_batch_size={mbs}")
+    mbs = cfg.model.micro_batch_size
+    distributed.check_batch(cfg.model.global_batch_size, mbs)
     if reg.loss_func in BT_KINDS:
         if mbs % 2:
             raise ValueError(f"model.micro_batch_size={mbs} must be even for {reg.loss_func} (whole pairs)")
@@ -237,14 +243,15 @@ def run(cfg, run_dir: Path) -> Path:
 
     texts = texts_for_tokenizer(train_path, cfg) if resolve_source(cfg.model) == "tiny" else None
     tokenizer = load_tokenizer(cfg.model, texts)
-    rm = build_reward_model(cfg.model, tokenizer, cfg.seed).to(device)  # resolves model.peft.peft_scheme
+    rm = build_reward_model(cfg.model, tokenizer, cfg.seed)  # resolves model.peft.peft_scheme
+    rm = distributed.prepare(rm, cfg, device, keep_fp32=[rm.head])  # to the device, or sharded
     # The texts are the regression rows' own rendering (data prep and rm_text: the Nemotron/SteerLM template).
     recipe = {**recipe_meta(cfg), "prompt_template": "nemotron"}
     rm.train()
     rejects = Rejects()
     train, counts = load_examples(train_path, tokenizer, cfg, rejects)
     val = load_examples(val_path, tokenizer, cfg, rejects)[0] if val_path else []
-    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
+    if loop.save_rejects(rejects, run_dir):
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
         if bt:  # a dropped row would pair the rows after it with the wrong partner
             raise ValueError(f"{len(rejects)} rows rejected; the *_bt losses need every pair intact (see rejects.jsonl)")
@@ -271,20 +278,19 @@ def run(cfg, run_dir: Path) -> Path:
     start = 0
     ckpt = loop.latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        start = loop.load_checkpoint(ckpt, rm.backbone, optimizer)["step"]
-        load_head(ckpt, rm)
+        start = load_rm_checkpoint(ckpt, rm, optimizer)["step"]
         log.info("resuming from %s at step %d", ckpt, start)
     logger = loop.MetricsLogger(run_dir, cfg, resume=ckpt is not None)
     pad_id = tokenizer.pad_token_id
 
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="rm", disable=not cfg.logger.progress_bar)
+    bar = loop.progress(cfg, start, steps, "rm")
     speed = loop.Throughput()
     for step in bar:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)
         units = loop.global_batch_indices(step, n_units, gbs // unit, cfg.seed, cfg.data.shuffle)
         idx = [u * unit + k for u in units for k in range(unit)]
         m = train_step(rm, optimizer, train, idx, cfg, pad_id, device)
-        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")))
+        m.update(lr=lr, tokens_per_s=speed.tick(m.pop("tokens")), step_time_s=speed.last_dt)
         done = step + 1
         if val and loop.due(cfg.trainer.val_check_interval, done, steps):
             m.update(validate(rm, val, cfg, pad_id, device))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
@@ -42,7 +43,10 @@ def log_file(path: Path):
 
 def say(message: str) -> None:
     """A line for the person at the terminal: printed as it is (no log prefix), and kept in the run logs
-    that are open (the headers and summaries of a pipeline land in pipeline.log too)."""
+    that are open (the headers and summaries of a pipeline land in pipeline.log too). Under torchrun only
+    rank 0 says it."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(message, flush=True)
     to_files(message)
 

@@ -17,10 +17,9 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from data_prep.jsonl import Rejects
-from recipes import logprobs, loop, packing
+from recipes import distributed, logprobs, loop, packing
 from recipes.chat import IGNORE_INDEX, Encoded
 from recipes.data import encode_sft_rows, load_sft, sft_texts
 from recipes.models import final_merged, load_policy, recipe_meta
@@ -45,31 +44,34 @@ def validate(model, examples: list[Encoded], cfg, pad_id: int, device) -> dict:
     total, count = 0.0, 0
     limit = cfg.trainer.limit_val_batches or None
     batches = loop.micro_batches(list(range(len(examples))), cfg.model.micro_batch_size)[:limit]
-    for idx in batches:
-        loss, n = token_loss_sum(model, [examples[i] for i in idx], pad_id, device, cfg.trainer.precision,
-                                 cfg.model.logprob_chunk_tokens)
-        total, count = total + float(loss), count + n
+    mine, per = distributed.share(batches)  # each rank its share (one process: all of them)
+    for idx in mine + [[]] * (per - len(mine)):
+        loss, n = token_loss_sum(model, [examples[i] for i in idx or batches[0]], pad_id, device,
+                                 cfg.trainer.precision, cfg.model.logprob_chunk_tokens)
+        if idx:  # an empty one is a stand-in: every rank runs as many forward passes
+            total, count = total + float(loss), count + n
+    total, count = distributed.sum_all(total, count)
     model.train()
     return {"val_loss": total / max(count, 1)}
 
 
 def train_step(model, optimizer, examples: list[Encoded], indices: list[int], cfg, pad_id: int, device) -> dict:
-    """One optimizer step over a global batch, accumulating micro-batch gradients."""
-    batch = [examples[i] for i in indices]
-    denom = max(n_trained(batch), 1)  # trained tokens in the *global* batch
+    """One optimizer step over a global batch, accumulating micro-batch gradients (several processes: each
+    its share of the batch, recipes/distributed.py)."""
+    denom = max(n_trained([examples[i] for i in indices]), 1)  # trained tokens in the *global* batch
     total, n_tokens = 0.0, 0
-    for mb in loop.micro_batches(list(range(len(batch))), cfg.model.micro_batch_size):
-        loss, _ = token_loss_sum(model, [batch[i] for i in mb], pad_id, device, cfg.trainer.precision,
-                                 cfg.model.logprob_chunk_tokens)
-        (loss / denom).backward()
-        total += float(loss.detach())
-        n_tokens += sum(len(batch[i].input_ids) for i in mb)
-    clip = cfg.trainer.gradient_clip_val
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    for mb in distributed.micro_batches(indices, cfg.model.micro_batch_size):
+        part = [examples[i] for i in mb or indices[:1]]  # empty: a zero-weight stand-in (a short last batch)
+        loss, _ = token_loss_sum(model, part, pad_id, device, cfg.trainer.precision, cfg.model.logprob_chunk_tokens)
+        (loss / denom * bool(mb)).backward()
+        if mb:
+            total += float(loss.detach())
+            n_tokens += sum(len(e.input_ids) for e in part)
+    grad_norm = distributed.clip_grad_norm(model, cfg.trainer.gradient_clip_val)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total / denom, "grad_norm": float(grad_norm), "tokens": n_tokens, "trained_tokens": denom}
+    total, n_tokens = distributed.sum_all(total, n_tokens)
+    return {"loss": total / denom, "grad_norm": grad_norm, "tokens": n_tokens, "trained_tokens": denom}
 
 
 def run(cfg, run_dir: Path) -> Path:
@@ -85,12 +87,12 @@ def run(cfg, run_dir: Path) -> Path:
 
     # Template and LoRA/full choice: the starting checkpoint's unless given (models.inherit).
     tokenizer, model = load_policy(cfg, sft_texts(train_rows))
-    model = model.to(device)
+    model = distributed.prepare(model, cfg, device)  # to the device, or sharded over the processes
     model.train()
     recipe = recipe_meta(cfg)
     train, counts = encode_sft_rows(train_rows, train_path, tokenizer, cfg.data, rejects)
     val = encode_sft_rows(val_rows, val_path, tokenizer, cfg.data, rejects)[0] if val_rows else []
-    if rejects.save(run_dir / "rejects.jsonl"):  # also removes a stale one from an earlier run
+    if loop.save_rejects(rejects, run_dir):
         log.warning("%d rows rejected (%s); see %s", len(rejects), rejects.counts(), run_dir / "rejects.jsonl")
     if not train:
         raise ValueError(f"{train_path}: no trainable examples after filtering")
@@ -104,9 +106,8 @@ def run(cfg, run_dir: Path) -> Path:
     if val and cfg.model.data.validation_ds.packed_sequence:
         val = packing.pack(val, max_len)
 
-    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    if gbs % mbs:
-        raise ValueError(f"model.global_batch_size={gbs} must be a multiple of model.micro_batch_size={mbs}")
+    gbs = cfg.model.global_batch_size
+    distributed.check_batch(gbs, cfg.model.micro_batch_size)
     steps = loop.total_steps(cfg.trainer, len(train), gbs)
     optimizer = loop.build_optimizer(model, cfg.model.optim)
     start = 0
@@ -117,7 +118,7 @@ def run(cfg, run_dir: Path) -> Path:
     logger = loop.MetricsLogger(run_dir, cfg, resume=ckpt is not None)
     pad_id = tokenizer.pad_token_id
 
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="sft", disable=not cfg.logger.progress_bar)
+    bar = loop.progress(cfg, start, steps, "sft")
     speed = loop.Throughput()
     for step in bar:
         lr = loop.set_lr(optimizer, step, steps, cfg.model.optim)

@@ -282,7 +282,10 @@ def train(cfg, run_dir: Path) -> Path:
     spec = spec_for(names, cfg.steer)
     log.info("steerlm_sft: %d labelled turns; attributes %s (%s)", n_labelled, spec["attributes"], spec["vocabulary"])
     final = sft.run(cfg, run_dir)
-    atomic_write_text(Path(final) / STEERLM_FILE, json.dumps(spec, indent=1) + "\n")
+    from recipes import distributed
+
+    if distributed.is_main():  # several processes: rank 0 wrote the checkpoint
+        atomic_write_text(Path(final) / STEERLM_FILE, json.dumps(spec, indent=1) + "\n")
     return final
 
 

@@ -121,7 +121,7 @@ def _shared(cfg, log_dir: str) -> dict:
     if out["exp_manager.create_wandb_logger"]:
         out["exp_manager.wandb_logger_kwargs.project"] = wandb.project
         out["exp_manager.wandb_logger_kwargs.name"] = wandb.name or f"{cfg.stage.name}-{Path(log_dir).name}"
-    if cfg.model.gradient_checkpointing:
+    if cfg.model.activations_checkpointing:  # = model.gradient_checkpointing unless set
         # Full uniform recompute, one layer per chunk: the steerlm.rst 70B recipe's setting.
         plus = "" if cfg.stage.name == "sft" else "++"  # only gpt_sft.yaml lists these keys
         out[f"{plus}model.activations_checkpoint_granularity"] = "full"

@@ -1,4 +1,5 @@
-"""The embedded backend: run a stage in this process on HF transformers models (CPU or one GPU)."""
+"""The embedded backend: run a stage in this process on HF transformers models (a CPU or a GPU), and the
+training stages on several processes (GPUs, nodes) with torchrun + FSDP2 (recipes/distributed.py)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,31 @@ TRAINING_STAGES = ("sft", "rm", "dpo", "rpo", "steerlm_sft")
 
 
 def run(cfg, run_dir: Path) -> Path:
-    if cfg.trainer.devices > 1 or cfg.trainer.num_nodes > 1:
-        log.warning("backend=torch trains on one device; trainer.devices=%d and trainer.num_nodes=%d apply to "
-                    "backend=nemo only", cfg.trainer.devices, cfg.trainer.num_nodes)
-    module = importlib.import_module(STAGES[cfg.stage.name])
-    out = module.run(cfg, run_dir)
-    if cfg.stage.name in TRAINING_STAGES:
+    """Run the stage here. A training stage with trainer.devices > 1 that was not started by torchrun starts
+    its processes first (distributed.run_workers: they train from <run dir>/config.yaml); under torchrun every
+    rank trains its share (recipes/distributed.py). Eval hooks run once, on rank 0, after training."""
+    from recipes import distributed
+
+    training = cfg.stage.name in TRAINING_STAGES
+    if not training and cfg.trainer.devices > 1:
+        log.warning("trainer.devices=%d applies to the training stages (%s); stage=%s runs in one process",
+                    cfg.trainer.devices, ", ".join(TRAINING_STAGES), cfg.stage.name)
+    if training and cfg.trainer.devices > 1 and not distributed.launched():
+        distributed.run_workers(cfg, run_dir)
+        from recipes.resume import final_checkpoint
+
+        out = final_checkpoint(cfg, run_dir)
+    else:
+        out = run_here(cfg, run_dir)
+    if training and distributed.is_main():
         # The stage wrote recipe.json (its template and LoRA choice) into the checkpoint: the hooks read it.
         from recipes.evaluate import enabled, run_hooks
 
         if enabled(cfg):
             run_hooks(cfg, Path(out), run_dir / "eval")
     return out
+
+
+def run_here(cfg, run_dir: Path) -> Path:
+    """The stage in this process (for a training stage under torchrun: this rank's part of it)."""
+    return importlib.import_module(STAGES[cfg.stage.name]).run(cfg, run_dir)
