@@ -87,6 +87,9 @@ def fail(err: BaseException, cfg: DictConfig | None = None) -> None:
     from recipes import distributed
 
     runlog.to_files(message, logging.ERROR)  # the run's log keeps it too
+    # A library's log handler that fails on the way out (wandb's own log file on a full disk) must not bury the
+    # line under "--- Logging error ---" tracebacks: logging then drops such records quietly.
+    logging.raiseExceptions = False
     if distributed.launched():
         distributed.exit_now(message if distributed.speaks(message, distributed.is_comm_error(err)) else None)
     sys.exit(f"error: {message}")

@@ -147,3 +147,14 @@ def test_generation_on_a_real_full_disk_names_its_output(tmp_path):
     assert r.returncode == 1
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("data_prep.jsonl.WriteError: cannot write ") and "gen.jsonl: No space left on device (" in line
+
+
+@needs_tmpfs
+def test_training_on_a_real_full_disk_is_one_line_even_with_wandb(tmp_path):
+    # wandb's own threads log to files on the same full disk; their failures must not bury our line.
+    r = in_small_tmpfs("64k", '$PY launch.py stage=sft model=tiny trainer.max_steps=4 logger.wandb.enabled=true '
+                              'logger.progress_bar=false exp_manager.explicit_log_dir="$DISK/sft"; echo "rc=$?"', tmp_path)
+    assert "rc=1" in r.stdout, (r.stdout, r.stderr[-3000:])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device (" in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Logging error" not in r.stderr, r.stderr[-3000:]
