@@ -448,6 +448,32 @@ class HumanEvalConfig:
 
 
 @dataclass
+class PolicyRewardConfig:
+    """The pipeline's reward model as judge (eval/policy_reward.py): greedy replies to held-out prompts, their
+    mean reward, and the win rate against the previous stage's replies to the same prompts."""
+
+    enabled: bool = False
+    prompts: Optional[str] = None  # JSONL in sdg_generate's layout ({"prompt"} rows), held out from all training
+    reward_model: Optional[str] = None  # a stage=rm checkpoint directory (the demo: ${stages:rm.checkpoint})
+    # An earlier stage's <dir>/eval/policy_reward/responses.jsonl: the win rate is against it; null: no win rate
+    previous: Optional[str] = None
+    max_new_tokens: int = 128
+    batch_size: int = 8  # replies per reward-model batch (generation uses eval.generator.batch_size)
+    limit: int = 0  # 0 = every prompt
+
+
+@dataclass
+class PreferenceAccuracyConfig:
+    """Held-out pairs (eval/preference_accuracy.py): the share where the policy's length-normalised
+    log-likelihood of the chosen response beats the rejected one's."""
+
+    enabled: bool = False
+    data: Optional[str] = None  # a DPO/RPO JSONL of held-out pairs (the demo: pref_data's val_dpo.jsonl)
+    batch_size: int = 4  # pairs per forward pass
+    limit: int = 0  # 0 = every pair
+
+
+@dataclass
 class EvalConfig:
     """`eval=[ifeval,mt_bench,...]` turns benchmarks on; they run on `eval.model`, or on the
     stage's final checkpoint when a training stage is given eval hooks."""
@@ -465,6 +491,8 @@ class EvalConfig:
     gsm8k: GSM8KConfig = field(default_factory=GSM8KConfig)
     humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
     mbpp: MBPPConfig = field(default_factory=MBPPConfig)
+    policy_reward: PolicyRewardConfig = field(default_factory=PolicyRewardConfig)
+    preference_accuracy: PreferenceAccuracyConfig = field(default_factory=PreferenceAccuracyConfig)
 
 
 @dataclass
@@ -577,6 +605,9 @@ class PipelineStageConfig:
     args: Dict[str, Any] = field(default_factory=dict)  # data steps: keyword arguments (may hold ${stages:...})
     paper: Optional[str] = None  # the row of the paper's per-stage table it stands for (report.md)
     evaluate: bool = True  # eval hooks on its checkpoint: IFEval (+ MT-Bench with a judge; RewardBench on an RM)
+    # Runs with seed + seed_offset, so `seed=` on the command line still moves every stage while a later
+    # iteration keeps its own shuffle (rpo_2: 1, dpo.py's rule for iteration k: seed + k - 1).
+    seed_offset: int = 0
 
 
 @dataclass

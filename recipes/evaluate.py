@@ -1,5 +1,7 @@
 """Evaluation hooks on a checkpoint or an endpoint: IFEval, MT-Bench, RewardBench, AlpacaEval 2.0, Arena-Hard,
-MMLU, GSM8K, HumanEval and MBPP (eval/*.py, one module each; MMLU, GSM8K and MBPP run through lm-eval).
+MMLU, GSM8K, HumanEval and MBPP (eval/*.py, one module each; MMLU, GSM8K and MBPP run through lm-eval), and two
+that judge a policy with the pipeline's own data: policy_reward (its reward model scores replies to held-out
+prompts) and preference_accuracy (held-out preference pairs).
 
 `python launch.py stage=eval eval=[ifeval,mt_bench] eval.model=<checkpoint>` runs them
 standalone; `eval=[...]` on a training stage runs them on its final checkpoint. Results
@@ -18,7 +20,8 @@ from data_prep.jsonl import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-BENCHMARKS = ("ifeval", "mt_bench", "reward_bench", "alpaca_eval", "arena_hard", "mmlu", "gsm8k", "humaneval", "mbpp")
+BENCHMARKS = ("ifeval", "mt_bench", "reward_bench", "alpaca_eval", "arena_hard", "mmlu", "gsm8k", "humaneval", "mbpp",
+              "policy_reward", "preference_accuracy")
 
 
 def enabled(cfg) -> list[str]:
@@ -69,7 +72,8 @@ def make_generator(cfg, model_dir: Path | str | None, cache_dir: Path | None = N
     if g.kind == "hf":
         if model_dir is None:
             raise ValueError("eval.model must name a checkpoint directory when eval.generator.kind=hf")
-        return hf_client(model_dir, cfg.data.prompt_template, g.batch_size, cfg.logger.progress_bar)
+        # seed: sampled generations (sdg_generate) follow the run's seed; greedy ones do not depend on it
+        return hf_client(model_dir, cfg.data.prompt_template, g.batch_size, cfg.logger.progress_bar, seed=cfg.seed)
     if not g.base_url:
         raise ValueError(f"eval.generator.kind={g.kind} needs eval.generator.base_url")
     from eval.clients import NemoServerClient, OpenAIChatClient
@@ -217,9 +221,35 @@ def _lm_eval(name: str):
     return hook
 
 
+def _policy_reward(run: _Run, out: Path) -> dict:
+    from eval.policy_reward import run_policy_reward
+    from recipes.loop import pick_device
+
+    c = run.cfg.eval.policy_reward
+    if not c.prompts or not c.reward_model:
+        raise ValueError("policy_reward needs eval.policy_reward.prompts (held-out prompts) and "
+                         "eval.policy_reward.reward_model (a stage=rm checkpoint)")
+    return run_policy_reward(run.generator().generate, c.prompts, c.reward_model, out, c.max_new_tokens, c.previous,
+                             c.limit, c.batch_size, pick_device(run.cfg.trainer))
+
+
+def _preference_accuracy(run: _Run, out: Path) -> dict:
+    from eval.preference_accuracy import run_preference_accuracy
+
+    c = run.cfg.eval.preference_accuracy
+    if run.cfg.eval.generator.kind != "hf":
+        return {"skipped": "needs log-probabilities: a checkpoint (eval.generator.kind=hf)"}
+    if not c.data:
+        raise ValueError("preference_accuracy needs eval.preference_accuracy.data (a DPO JSONL of held-out pairs)")
+    hf = run.generator()
+    return run_preference_accuracy(hf.model, hf.tokenizer, hf.template, c.data, run.cfg.data, run.cfg.model.data, out,
+                                   c.batch_size, c.limit, hf.device, run.cfg.trainer.precision,
+                                   run.cfg.model.logprob_chunk_tokens)
+
+
 HOOKS = {"ifeval": _ifeval, "mt_bench": _mt_bench, "reward_bench": _reward_bench, "alpaca_eval": _alpaca_eval,
          "arena_hard": _arena_hard, "mmlu": _lm_eval("mmlu"), "gsm8k": _lm_eval("gsm8k"), "humaneval": _humaneval,
-         "mbpp": _lm_eval("mbpp")}
+         "mbpp": _lm_eval("mbpp"), "policy_reward": _policy_reward, "preference_accuracy": _preference_accuracy}
 
 
 def run_hooks(cfg, model_dir: Path | None, out_dir: Path) -> dict:

@@ -173,6 +173,7 @@ class Job:
     dir: Path
     spec: dict
     deps: list[str]  # stages whose outputs it reads
+    eval_deps: list[str] = field(default_factory=list)  # ... only in its eval hooks' settings (policy_reward.previous)
     overrides: list[str] = field(default_factory=list)  # resolved, as composed (launch.py stages)
     args: dict = field(default_factory=dict)  # resolved (data steps)
     cfg: object = None  # the composed stage config (launch.py stages)
@@ -300,7 +301,11 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
     # every stage), the stage's wiring (overrides naming another stage's output), the runner's own.
     raw = list(spec.get("overrides") or [])
     plain = [o for o in raw if "${stages:" not in o]
-    wiring = [_quote(o) for o in resolve_refs([o for o in raw if "${stages:" in o], known, deps)]
+    # A training stage's eval hooks may read another stage's output (eval.policy_reward.previous): if that one
+    # re-runs, only these hooks do (their eval_hash covers the file), not the training.
+    hooks_only = lambda o: kind != "eval" and _key(o).startswith("eval.")  # noqa: E731
+    wiring = [_quote(o) for o in resolve_refs([o for o in raw if "${stages:" in o and not hooks_only(o)], known, deps)
+              + resolve_refs([o for o in raw if "${stages:" in o and hooks_only(o)], known, job.eval_deps)]
     overrides = [f"stage={kind}", *lowest, *shared, *plain, *passed_to_stages(cli), *wiring,
                  f"exp_manager.explicit_log_dir={job.dir}"]
     cfg = compose(overrides)
@@ -309,6 +314,9 @@ def plan_job(name: str, spec: dict, known: dict, cli: list[str], pdir: Path, has
     if cfg.backend.name == "nemo" and kind not in NEMO_STAGES:
         overrides.append("backend=torch")  # generation, annotation and eval run here, in-process
         cfg = compose(overrides)
+    if spec.get("seed_offset"):
+        cfg.seed += spec["seed_offset"]
+        overrides.append(f"seed={cfg.seed}")  # shown in the plan and the manifest
     job.overrides, job.cfg = overrides, cfg
     _eval_hooks(job)
     from recipes.config import validate
@@ -350,7 +358,8 @@ def read_config(kind: str, cfg) -> dict:
 def _eval_hooks(job: Job) -> None:
     """Evaluation after the stage. On every policy: IFEval, MMLU and GSM8K (the report's per-stage table);
     MT-Bench, AlpacaEval and Arena-Hard (with its data) when their judge endpoint is set; HumanEval and MBPP when
-    code execution is allowed. RewardBench on a reward model when its data is given (a local file, or
+    code execution is allowed; policy_reward when its prompts and reward model are given, preference_accuracy
+    when its pairs are. RewardBench on a reward model when its data is given (a local file, or
     eval.reward_bench.enabled in the overrides)."""
     c = job.cfg
     if not job.spec.get("evaluate", True) or c.backend.name != "torch":
@@ -361,6 +370,11 @@ def _eval_hooks(job: Job) -> None:
         on += [b for b in ("mt_bench", "alpaca_eval", "arena_hard") if c.eval[b].judge.base_url and
                (b != "arena_hard" or c.eval.arena_hard.data)]
         on += [b for b in ("humaneval", "mbpp") if c.eval[b].allow_code_execution]
+        # The pipeline's own judges, once the stage names their inputs (the demo: its RM, held-out prompts/pairs).
+        if c.eval.policy_reward.prompts and c.eval.policy_reward.reward_model:
+            on.append("policy_reward")
+        if c.eval.preference_accuracy.data:
+            on.append("preference_accuracy")
     if job.kind == "rm" and Path(c.eval.reward_bench.data).is_file():
         on.append("reward_bench")
     for bench in on:
@@ -511,6 +525,7 @@ def _run(cfg, cli_overrides: list[str]) -> Path:
     policies = [n for n in names if specs[n]["stage"] in POLICY_TRAINING]
     lowest = {n: ["model.peft.save_merged=false"] for n in policies[:-1]}
     will_run: set[str] = set()
+    hooks_run: set[str] = set()  # dry run: stages whose eval hooks would run (their outputs under eval/ change)
     plan = []
     for name in names:  # every stage is listed from the start, in pipeline order
         manifest["stages"].setdefault(name, {"stage": specs[name]["stage"], "status": "pending"})
@@ -524,15 +539,19 @@ def _run(cfg, cli_overrides: list[str]) -> Path:
                 known[name].update({k: o["path"] for k, o in entry["outputs"].items()})
             plan.append((job, "-", "not selected"))
             continue
-        missing = [d for d in job.deps if d not in chosen and manifest["stages"][d].get("status") != "done"]
+        missing = [d for d in job.deps + job.eval_deps if d not in chosen and manifest["stages"][d].get("status") != "done"]
         if missing:
             raise ValueError(f"stage {name} reads the output of {missing[0]}, which has not run: "
                              f"select it too (e.g. pipeline.until={name} without pipeline.only/from)")
         action, reason = decide(entry, job, any(d in will_run for d in job.deps), rerun)
+        if action == "skip" and any(d in hooks_run for d in job.eval_deps):
+            action, reason = "eval", "an input of its eval hooks is re-made first"
         plan.append((job, action, reason))
         if cfg.dry_run:
             if action not in ("skip", "eval"):  # re-running only the hooks leaves the outputs as they are
                 will_run.add(name)
+            if action != "skip":
+                hooks_run.add(name)
             continue
         if action == "wait":
             runlog.say(f"\n{name}: {reason} ({job.outputs['output']}); re-run the pipeline when the job has finished.")

@@ -141,6 +141,11 @@ RANGES: dict[str, Range] = {
     "eval.humaneval.limit": ZERO_IS_ALL,
     "eval.humaneval.timeout_s": above(0),
     "eval.mbpp.timeout_s": above(0),
+    "eval.policy_reward.max_new_tokens": POSITIVE_INT,
+    "eval.policy_reward.batch_size": POSITIVE_INT,
+    "eval.policy_reward.limit": ZERO_IS_ALL,
+    "eval.preference_accuracy.batch_size": POSITIVE_INT,
+    "eval.preference_accuracy.limit": ZERO_IS_ALL,
     # backend=nemo
     "backend.nemo.tensor_model_parallel_size": POSITIVE_INT,
     "backend.nemo.pipeline_model_parallel_size": POSITIVE_INT,

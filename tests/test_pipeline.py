@@ -15,13 +15,15 @@ from recipes import pipeline
 from tests.conftest import REPO, TINY, compose_cfg
 from tests.test_sdg_generate import make_tiny_checkpoint
 
-STAGES = ["rm_data", "rm", "baseline", "prompts", "sdg", "annotate", "pref_data", "sft_blend", "sft", "dpo", "rpo_1",
+STAGES = ["rm_data", "rm", "prompts", "sdg", "annotate", "pref_data", "baseline", "sft_blend", "sft", "dpo", "rpo_1",
           "rpo_2"]
+POLICIES = ["baseline", "sft", "dpo", "rpo_1", "rpo_2"]
 # The demo preset on the tiny model, every stage shortened.
 SHORT = ("pipeline=demo", *TINY, "trainer.max_steps=2", "sdg.n_responses=2", "sdg.max_new_tokens=6",
          "sdg_prompts.max_new_tokens=12",
          "eval.ifeval.max_new_tokens=6", "eval.ifeval.limit=4", "eval.mmlu.limit=1", "eval.gsm8k.limit=1",
-         "eval.gsm8k.max_gen_toks=6", "eval.humaneval.limit=1", "eval.humaneval.max_new_tokens=6")
+         "eval.gsm8k.max_gen_toks=6", "eval.humaneval.limit=1", "eval.humaneval.max_new_tokens=6",
+         "eval.policy_reward.max_new_tokens=6", "eval.policy_reward.limit=6")
 
 
 def run(pdir, base, *extra, change=None):
@@ -149,8 +151,23 @@ def test_manifest_records_config_inputs_outputs_timings_metrics(history):
     assert "prompts.jsonl [open_qa]" in tasks and "prompts.jsonl [math]" in tasks
     assert s["prompts"]["outputs"]["output"]["path"] in s["sdg"]["inputs"]
     generated = s["sdg"]["metrics"]["data"]["generated"]
-    assert 0 < generated <= 16 and s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 0
-    assert s["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"] == generated
+    assert 0 < generated <= 32 and s["sdg"]["metrics"]["data"]["duplicates_dropped"] == 0
+    outputs = s["pref_data"]["metrics"]["data"]["outputs"]  # a quarter of the prompts held out (val_fraction 0.25)
+    held_out = outputs["val_dpo.jsonl"]["rows_in"]
+    assert outputs["train_dpo.jsonl"]["rows_in"] + held_out == generated and 0 < held_out < generated / 2
+    # The pipeline's own judges on every policy stage: its RM on held-out prompts (a win rate from sft on, against
+    # the stage before), its held-out pairs.
+    for prev, name in zip([None, *POLICIES], POLICIES):
+        ev = s[name]["metrics"]["eval"]
+        assert ev["policy_reward"]["n_prompts"] == 6 and ev["policy_reward"]["reward_model"] == \
+            s["rm"]["outputs"]["checkpoint"]["path"]
+        assert ev["preference_accuracy"]["n_pairs"] == outputs["val_dpo.jsonl"]["rows_out"]
+        assert ("win_rate" in ev["policy_reward"]) == (prev is not None)
+        if prev:
+            assert ev["policy_reward"]["previous"] == f"{s[prev]['dir']}/eval/policy_reward/responses.jsonl"
+            assert ev["policy_reward"]["n_compared"] == 6
+    # seed_offset: rpo_2 reshuffles (seed + 1), whatever seed the command line gives.
+    assert "seed=1235" in s["rpo_2"]["overrides"] and not any(o.startswith("seed=") for o in s["rpo_1"]["overrides"])
 
 
 def test_report_has_table_paper_numbers_counts_and_plots(history):
@@ -160,9 +177,10 @@ def test_report_has_table_paper_numbers_counts_and_plots(history):
     assert "| stage | runs | status |" in text and "| IFEval P-strict |" in text.replace(" IFEval I-strict |", "")
     assert "| sft | sft | done |" in text and "| sft | + General SFT | - / 7.99 | " in text and " / 78.3 | " in text
     assert "| rpo_2 | + RPO iter 2 | - / 8.31 | " in text and " / 79.9 | " in text and "RewardBench 92.0" in text
-    generated = manifest(pdir)["stages"]["sdg"]["metrics"]["data"]["generated"]
-    assert "## Data at each filter" in text and f"| train_dpo.jsonl | {generated} |" in text
+    train_pairs = manifest(pdir)["stages"]["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_in"]
+    assert "## Data at each filter" in text and f"| train_dpo.jsonl | {train_pairs} |" in text
     assert "**prompts** (sdg_prompts)" in text and "| prompts.jsonl [open_qa] |" in text
+    assert "## The recipe at work: the pipeline's own judges" in text and "| dpo | " in text.split("own judges")[1]
     for png in ("eval_across_stages.png", "train_rm.png", "train_sft.png", "train_dpo.png", "train_rpo_2.png"):
         assert (pdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{png})" in text
@@ -193,7 +211,8 @@ def test_run_logs_land_in_the_pipeline_and_stage_directories(history):
     assert log.count("][launch][ERROR] KeyboardInterrupt") == 1  # the kill, with its traceback, logged once
     assert "[launch][ERROR] KeyboardInterrupt" in (pdir / "dpo" / "launch.log").read_text()  # resumed: kept
     stage_log = (pdir / "rpo_2" / "launch.log").read_text()  # its own records only
-    assert "][recipes.dpo][INFO] train: {'rows': 16" in stage_log and "recipes.sft" not in stage_log
+    train_pairs = manifest(pdir)["stages"]["pref_data"]["metrics"]["data"]["outputs"]["train_dpo.jsonl"]["rows_out"]
+    assert f"][recipes.dpo][INFO] train: {{'rows': {train_pairs}" in stage_log and "recipes.sft" not in stage_log
     assert all((pdir / n / "launch.log").is_file() for n in STAGES)
 
 
