@@ -409,7 +409,7 @@ def brief(name: str, entry: dict) -> str:
     """A finished stage's few numbers on one line (the pipeline prints it after the stage and in its summary)."""
     row, data, parts = stage_row(name, entry), entry.get("metrics", {}).get("data") or {}, []
     if data.get("outputs"):
-        parts.append("rows " + ", ".join(f"{f.rsplit('.jsonl', 1)[0]} {c.get('rows_out')}"
+        parts.append("rows " + ", ".join(f"{f.replace('.jsonl', '')} {c.get('rows_out')}"
                                          for f, c in data["outputs"].items()))
     elif "responses" in data:
         mean = data.get("reward_mean")
