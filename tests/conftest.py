@@ -1,5 +1,6 @@
 """Shared test setup: offline hub/wandb, fixture paths, Hydra composition."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,3 +39,23 @@ def compose_cfg(*overrides: str):
 
 # Settings every quick training test uses: the tiny model, no wandb, no progress bar.
 TINY = ("model=tiny", "data=none", "logger.wandb.enabled=false", "logger.progress_bar=false")
+
+
+@contextlib.contextmanager
+def crash_on_call(monkeypatch, module, name: str, n: int):
+    """A simulated kill: `module.name` raises KeyboardInterrupt on its n-th call inside the block, which the
+    block must end with; the real function is back afterwards."""
+    import pytest
+
+    real, calls = getattr(module, name), [0]
+
+    def dies(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(module, name, real)

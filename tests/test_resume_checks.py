@@ -13,7 +13,7 @@ import pytest
 
 from recipes import loop, resume, sft
 from recipes.resume import ResumeRefused
-from tests.conftest import REPO, TINY, compose_cfg
+from tests.conftest import REPO, TINY, compose_cfg, crash_on_call
 
 FIXTURE = REPO / "tests" / "fixtures" / "sft_tiny.jsonl"
 COMMON = ("trainer.max_steps=6", "trainer.save_interval=3", "model.global_batch_size=4", "model.micro_batch_size=2")
@@ -41,18 +41,8 @@ def steps(run_dir: Path) -> tuple[list[int], list[int]]:
 def crashed(tmp_path, monkeypatch):
     """A run killed in step 5 of 6, after its step_000003 checkpoint: steps 1-4 logged."""
     run_dir = tmp_path / "run"
-    real_step, calls = sft.train_step, {"n": 0}
-
-    def dies_at_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_on_call(monkeypatch, sft, "train_step", 5):
         start(cfg_for(run_dir), run_dir)
-    monkeypatch.setattr(sft, "train_step", real_step)
     assert steps(run_dir)[0] == [1, 2, 3, 4]
     return run_dir
 

@@ -24,7 +24,7 @@ from recipes.reward_model import (
     save_rm_checkpoint,
     score_texts,
 )
-from tests.conftest import FIXTURES, REPO, TINY, compose_cfg
+from tests.conftest import FIXTURES, REPO, TINY, compose_cfg, crash_on_call
 
 FIXTURE = REPO / "tests" / "fixtures" / "rm_tiny.jsonl"  # 8 rows; rows 2, 5, 7 lack some attributes
 PREF = REPO / "tests" / "fixtures" / "rm_pref_tiny.jsonl"  # 4 HelpSteer2-Preference pairs
@@ -186,18 +186,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     rm.run(cfg_for(full, *common), full)
 
-    real_step, calls = rm.train_step, {"n": 0}
-
-    def dies_at_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(rm, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_on_call(monkeypatch, rm, "train_step", 5):
         rm.run(cfg_for(cut, *common), cut)
-    monkeypatch.setattr(rm, "train_step", real_step)
     assert (cut / "checkpoints" / "step_000003" / RM_HEAD_FILE).is_file()
     assert not (cut / "checkpoints" / "final").exists()
 

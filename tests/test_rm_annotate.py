@@ -9,7 +9,7 @@ from data_prep.jsonl import RowError, read_jsonl
 from data_prep.schemas import HELPSTEER_ATTRIBUTES, NEMOTRON_340B_REWARD_WEIGHTS, validate_sdg_row
 from recipes import rm, rm_annotate
 from recipes.reward_model import load_reward_model, rm_text, score_texts
-from tests.conftest import REPO, TINY, compose_cfg
+from tests.conftest import REPO, TINY, compose_cfg, crash_on_call
 
 FIXTURE = REPO / "tests" / "fixtures" / "rm_tiny.jsonl"
 SDG = REPO / "tests" / "fixtures" / "rm_sdg_tiny.jsonl"  # 5 records, 10 responses; prompt and conversations
@@ -67,22 +67,12 @@ def test_interrupted_run_resumes(reward_model, tmp_path, monkeypatch):
     rm_annotate.annotate_file(SDG, whole, reward_model, batch_size=2, progress=False)
 
     out = tmp_path / "cut.jsonl"
-    real, calls = rm_annotate.score_texts, {"n": 0}
-
-    def dies_on_third_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rm_annotate, "score_texts", dies_on_third_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_on_call(monkeypatch, rm_annotate, "score_texts", 3):  # the third batch
         rm_annotate.annotate_file(SDG, out, reward_model, batch_size=2, progress=False)
     partial = out.with_name(out.name + ".partial")
     assert not out.exists() and len(rows(partial)) == 2  # records 1 and 2 were written and flushed
     with open(partial, "a") as f:
         f.write('{"id": "p3", "prom')  # a line torn by the crash
-    monkeypatch.setattr(rm_annotate, "score_texts", real)
 
     stats = rm_annotate.annotate_file(SDG, out, reward_model, batch_size=2, progress=False)
     assert stats["skipped"] == 2 and stats["scored"] == 3

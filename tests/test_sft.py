@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recipes import loop, sft
-from tests.conftest import REPO, TINY, compose_cfg
+from tests.conftest import REPO, TINY, compose_cfg, crash_on_call
 
 FIXTURE = REPO / "tests" / "fixtures" / "sft_tiny.jsonl"
 
@@ -49,18 +49,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     sft.run(cfg_for(full, *common), full)
 
-    real_step, calls = sft.train_step, {"n": 0}
-
-    def dies_at_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_on_call(monkeypatch, sft, "train_step", 5):
         sft.run(cfg_for(cut, *common), cut)
-    monkeypatch.setattr(sft, "train_step", real_step)
     assert (cut / "checkpoints" / "step_000003").is_dir()
     assert not (cut / "checkpoints" / "final").exists()
 
